@@ -1,0 +1,92 @@
+"""ModelConfig and the paper's presets per dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from model_zoo.errors import ZooError
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    """What a classifier needs to know about a dataset: image shape and class count."""
+
+    channels: int
+    height: int
+    width: int
+    classes: int
+
+
+DATASET_SHAPES: dict[str, DatasetShape] = {
+    "digits": DatasetShape(1, 8, 8, 10),
+    "mnist": DatasetShape(1, 28, 28, 10),
+    "fashion-mnist": DatasetShape(1, 28, 28, 10),
+    "cifar10": DatasetShape(3, 32, 32, 10),
+    # The paper's Tiny-ImageNet run used the first 50 classes.
+    "tiny-imagenet": DatasetShape(3, 64, 64, 50),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a SequenceClassifier; stored verbatim in checkpoints."""
+
+    arch: str
+    dataset: str
+    channels: int
+    height: int
+    width: int
+    classes: int
+    n_layers: int
+    d_model: int
+    d_state: int
+    ads: str = "none"
+    attention: bool = False
+    mixer_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ZooError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+def _small(arch: str) -> dict[str, Any]:
+    """MNIST-sized preset (also digits and fashion-mnist): 2 layers, d_model 128, d_state 32."""
+    options = {"mega": {"hidden": 32}}.get(arch, {})
+    return {"n_layers": 2, "d_model": 128, "d_state": 128 if arch == "s5" else 32, "mixer_options": options}
+
+
+def _large(arch: str) -> dict[str, Any]:
+    """CIFAR-10 / Tiny-ImageNet preset: 4 layers, d_model 128, d_state 64 (Mamba 16, S5 128)."""
+    d_state = {"mamba": 16, "s5": 128}.get(arch, 64)
+    options = {"mega": {"hidden": 256}}.get(arch, {})
+    return {"n_layers": 4, "d_model": 128, "d_state": d_state, "mixer_options": options}
+
+
+PRESETS = {
+    "digits": _small,
+    "mnist": _small,
+    "fashion-mnist": _small,
+    "cifar10": _large,
+    "tiny-imagenet": _large,
+}
+
+
+def preset(arch: str, dataset: str) -> dict[str, Any]:
+    """The paper's hyper-parameters for `arch` on `dataset`."""
+    if dataset not in PRESETS:
+        raise ZooError(f"unknown dataset {dataset!r}; choose one of {', '.join(PRESETS)}")
+    shape = DATASET_SHAPES[dataset]
+    return {**dataclasses.asdict(shape), **PRESETS[dataset](arch)}
