@@ -16,17 +16,21 @@ from model_zoo.layers.attention import SelfAttention
 
 
 class Block(nn.Module):
-    """x = LN(x + mixer(x)), then optionally x = LN(x + attention(x))."""
+    """x = LN(x + mixer(x)), then optionally x = LN(x + attention(x)).
 
-    def __init__(self, mixer: nn.Module, d_model: int, attention: bool) -> None:
+    Mixers registered with residual=False (Mega) return the block's update directly: x = LN(mixer(x)).
+    """
+
+    def __init__(self, mixer: nn.Module, d_model: int, attention: bool, residual: bool = True) -> None:
         super().__init__()
         self.mixer = mixer
+        self.residual = residual
         self.norm = nn.LayerNorm(d_model)
         self.attention = SelfAttention(d_model) if attention else None
         self.attention_norm = nn.LayerNorm(d_model) if attention else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x + self.mixer(x))
+        x = self.norm(x + self.mixer(x) if self.residual else self.mixer(x))
         if self.attention is not None:
             x = self.attention_norm(x + self.attention(x))
         return x
@@ -45,7 +49,7 @@ class SequenceClassifier(nn.Module):
         self.encoder = nn.Linear(config.channels, config.d_model)
         self.encoder_norm = nn.LayerNorm(config.d_model)
         self.blocks = nn.ModuleList(
-            Block(spec.cls(config.d_model, config.d_state, **mixer_kwargs), config.d_model, config.attention)
+            Block(spec.cls(config.d_model, config.d_state, **mixer_kwargs), config.d_model, config.attention, spec.residual)
             for _ in range(config.n_layers)
         )
         self.head = nn.Linear(config.d_model, config.classes)

@@ -63,14 +63,18 @@ class ModelConfig:
 
 
 def _small(arch: str) -> dict[str, Any]:
-    """MNIST-sized preset (also digits and fashion-mnist): 2 layers, d_model 128, d_state 32."""
+    """MNIST-sized preset (also digits and fashion-mnist): 2 layers, d_model 128, d_state 32.
+
+    For Mega, d_state is the EMA dimension (the paper's n_dim 16).
+    """
     options = {"mega": {"hidden": 32}}.get(arch, {})
-    return {"n_layers": 2, "d_model": 128, "d_state": 128 if arch == "s5" else 32, "mixer_options": options}
+    d_state = {"s5": 128, "mega": 16}.get(arch, 32)
+    return {"n_layers": 2, "d_model": 128, "d_state": d_state, "mixer_options": options}
 
 
 def _large(arch: str) -> dict[str, Any]:
     """CIFAR-10 / Tiny-ImageNet preset: 4 layers, d_model 128, d_state 64 (Mamba 16, S5 128)."""
-    d_state = {"mamba": 16, "s5": 128}.get(arch, 64)
+    d_state = {"mamba": 16, "s5": 128, "mega": 16}.get(arch, 64)
     options = {"mega": {"hidden": 256}}.get(arch, {})
     return {"n_layers": 4, "d_model": 128, "d_state": d_state, "mixer_options": options}
 

@@ -26,6 +26,7 @@ class MixerSpec:
     cls: type[nn.Module]
     causal: bool
     supports_ads: bool
+    residual: bool
     description: str
 
 
@@ -33,15 +34,20 @@ MIXERS: dict[str, MixerSpec] = {}
 
 
 def register_mixer(
-    name: str, *, causal: bool, supports_ads: bool = True
+    name: str, *, causal: bool, supports_ads: bool = True, residual: bool = True
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make a mixer buildable by name."""
+    """Class decorator: make a mixer buildable by name.
+
+    causal: output at t depends only on inputs up to t (tested for every causal mixer).
+    supports_ads: the mixer has an SSM output for AdS to gate (all but Mega).
+    residual: the block adds the input back (Mega mixes the input into its own update gate).
+    """
 
     def decorate(cls: type[nn.Module]) -> type[nn.Module]:
         if name in MIXERS:
             raise ZooError(f"mixer {name!r} registered twice")
         doc = (cls.__doc__ or "").strip().splitlines()
-        MIXERS[name] = MixerSpec(name, cls, causal, supports_ads, doc[0] if doc else "")
+        MIXERS[name] = MixerSpec(name, cls, causal, supports_ads, residual, doc[0] if doc else "")
         return cls
 
     return decorate
