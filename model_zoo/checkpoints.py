@@ -1,0 +1,172 @@
+"""Checkpoints: one .safetensors file per model, rebuildable from its own metadata.
+
+The header's metadata key "ssmbench" holds JSON with the format version, the full model
+config, the training method and threat model, epoch, kind (best/last), seed, metrics, and a
+sha256 over the tensors so that a tampered file is refused even when it still parses.
+Complex tensors are stored as real views (..., 2) and named in the metadata. Nothing here
+unpickles: safetensors cannot execute code, which is why it is the only model format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from model_zoo.config import ModelConfig
+from model_zoo.errors import CheckpointError, UsageError
+from model_zoo.registry import build_from_config
+
+FORMAT_VERSION = 1
+METADATA_KEY = "ssmbench"
+CHECKPOINT_KINDS = ("best", "last", "")
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint says about itself (DESIGN.md contract 3)."""
+
+    config: ModelConfig
+    training: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+    kind: str = ""
+    seed: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self, tensors_sha256: str, complex_names: list[str]) -> str:
+        return json.dumps(
+            {
+                "format_version": self.format_version,
+                "arch": self.config.arch,
+                "dataset": self.config.dataset,
+                "input_shape": list(self.config.input_shape),
+                "classes": self.config.classes,
+                "config": self.config.to_dict(),
+                "training": self.training,
+                "epoch": self.epoch,
+                "kind": self.kind,
+                "seed": self.seed,
+                "metrics": self.metrics,
+                "complex": complex_names,
+                "tensors_sha256": tensors_sha256,
+            },
+            sort_keys=True,
+        )
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """Hash of names, dtypes, shapes and bytes, in name order: changes if any weight changes."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over `path`.
+
+    A crash at any point leaves either the old file or the new one, never a torn file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(model: nn.Module, path: str | Path, meta: CheckpointMeta) -> str:
+    """Write `model` with `meta` atomically; returns the file's sha256."""
+    if meta.kind not in CHECKPOINT_KINDS:
+        raise UsageError(f"checkpoint kind must be best, last or empty, got {meta.kind!r}")
+    tensors: dict[str, torch.Tensor] = {}
+    complex_names: list[str] = []
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if tensor.is_complex():
+            complex_names.append(name)
+            tensor = torch.view_as_real(tensor)
+        tensors[name] = tensor.contiguous().clone()
+    metadata = {METADATA_KEY: meta.to_json(tensors_sha256(tensors), complex_names)}
+    path = Path(path)
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+    return file_sha256(path)
+
+
+def read_meta(path: str | Path) -> tuple[CheckpointMeta, dict[str, Any]]:
+    """Parse and validate the header only (cheap): (meta, raw JSON dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(path, f"not a readable safetensors file ({exc})") from None
+    if METADATA_KEY not in header:
+        raise CheckpointError(path, "not an ssmbench checkpoint (no 'ssmbench' metadata); save it with model_zoo.checkpoints.save")
+    try:
+        raw = json.loads(header[METADATA_KEY])
+        version = raw["format_version"]
+        if version > FORMAT_VERSION:
+            raise CheckpointError(path, f"format version {version} is newer than this ssmbench ({FORMAT_VERSION}); upgrade ssmbench")
+        meta = CheckpointMeta(
+            config=ModelConfig.from_dict(raw["config"]),
+            training=raw.get("training", {}),
+            epoch=int(raw.get("epoch", 0)),
+            kind=raw.get("kind", ""),
+            seed=int(raw.get("seed", 0)),
+            metrics=raw.get("metrics", {}),
+            format_version=version,
+        )
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(path, f"malformed ssmbench metadata ({exc})") from None
+    return meta, raw
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the model from the file alone, verify its weights, return (model in eval mode, meta)."""
+    path = Path(path)
+    meta, raw = read_meta(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(path, f"truncated or corrupt tensor data ({exc})") from None
+    if tensors_sha256(tensors) != raw.get("tensors_sha256"):
+        raise CheckpointError(path, "tensor checksum mismatch: the weights were modified after saving")
+    for name in raw.get("complex", []):
+        tensors[name] = torch.view_as_complex(tensors[name])
+    try:
+        model = build_from_config(meta.config)
+        model.load_state_dict(tensors, strict=True)
+    except (RuntimeError, UsageError) as exc:
+        raise CheckpointError(path, f"weights do not fit the {meta.config.arch} architecture ({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval(), meta
