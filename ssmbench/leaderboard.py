@@ -1,0 +1,417 @@
+"""The results table (DESIGN.md contract 4): one Parquet file, append-only, versioned.
+
+Every evaluation appends `ResultRow`s to `leaderboards/results.parquet`. The file is the record
+that the published markdown, `ssmbench leaderboard show` and the exports are derived from, so:
+
+- appends are atomic: the new table goes to a temp file in the same folder, is fsynced, then
+  `os.replace`d over the old one, so a crash leaves either the old file or the new one;
+- appends are safe under concurrent writers: the read-modify-write runs under an exclusive
+  `flock` on a sidecar lock file, so two evaluations finishing together both land;
+- the schema is versioned in the Parquet metadata, and each older version has a migration, so a
+  file written by an older ssmbench still reads; a file that is not ours is refused, never
+  overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import fcntl
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from model_zoo.ads import ADS_CHOICES
+from model_zoo.errors import UsageError
+from ssmbench.leaderboard_render import render_markdown, robustbench_entries
+
+__all__ = [
+    "DEFAULT_MARKDOWN",
+    "DEFAULT_RESULTS",
+    "EXPORT_FORMATS",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "LeaderboardError",
+    "ResultRow",
+    "append",
+    "export",
+    "markdown_is_fresh",
+    "publish",
+    "query",
+    "read",
+    "render_markdown",
+    "utc_now",
+]
+
+DEFAULT_RESULTS = Path("leaderboards/results.parquet")
+DEFAULT_MARKDOWN = Path("leaderboards/README.md")
+
+SCHEMA_VERSION = 1
+_VERSION_KEY = b"ssmbench.schema_version"
+CHECKPOINT_KINDS = ("best", "last", "")
+
+
+class LeaderboardError(UsageError):
+    """A results file or row that cannot be used as it is; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One model x checkpoint x attack suite evaluation. Accuracies are fractions in [0, 1]."""
+
+    run_id: str
+    time: str  # ISO-8601 with a UTC offset; decides which of two rows for one cell is newer
+    model: str  # zoo name or checkpoint path, as the user gave it
+    dataset: str
+    arch: str
+    ads: str
+    attention: bool
+    method: str
+    train_eps: float
+    checkpoint_kind: str  # "best", "last", or "" for any other checkpoint
+    checkpoint_sha256: str
+    threat_model: str
+    eps: float
+    suite: str
+    backend: str
+    backend_version: str
+    n_examples: int
+    clean_acc: float
+    robust_acc: float
+    per_attack: dict[str, float]  # attack name -> robust accuracy after that attack
+    flags: tuple[str, ...]  # sanity checks that failed (e.g. signs of gradient masking)
+    seed: int
+    device: str
+    wall_seconds: float
+    ssmbench_version: str
+    torch_version: str
+
+    def __post_init__(self) -> None:
+        # Normalize containers so rows built from lists compare equal to rows read back.
+        object.__setattr__(self, "per_attack", {str(k): float(v) for k, v in self.per_attack.items()})
+        object.__setattr__(self, "flags", tuple(str(f) for f in self.flags))
+        problem = _row_problem(self)
+        if problem:
+            raise LeaderboardError(f"invalid result row {self.run_id!r}: {problem}")
+
+    @property
+    def timestamp(self) -> datetime:
+        """`time` as an aware datetime, for ordering rows written in different time zones."""
+        return datetime.fromisoformat(self.time)
+
+
+def _row_problem(row: ResultRow) -> str | None:
+    """What is wrong with a row, or None; catches writer bugs before they reach the record."""
+    for name in ("clean_acc", "robust_acc"):
+        value = getattr(row, name)
+        if not 0.0 <= value <= 1.0:
+            return f"{name} must be a fraction in [0, 1], got {value}"
+    bad = {k: v for k, v in row.per_attack.items() if not 0.0 <= v <= 1.0}
+    if bad:
+        return f"per_attack accuracies must be fractions in [0, 1], got {bad}"
+    if row.ads not in ADS_CHOICES:
+        return f"ads must be one of {', '.join(ADS_CHOICES)}, got {row.ads!r}"
+    if row.checkpoint_kind not in CHECKPOINT_KINDS:
+        return f"checkpoint_kind must be 'best', 'last' or '', got {row.checkpoint_kind!r}"
+    if row.n_examples <= 0:
+        return f"n_examples must be positive, got {row.n_examples}"
+    if not (math.isfinite(row.eps) and row.eps >= 0 and math.isfinite(row.train_eps) and row.train_eps >= 0):
+        return f"eps and train_eps must be finite and >= 0, got {row.eps} and {row.train_eps}"
+    try:
+        stamp = datetime.fromisoformat(row.time)
+    except ValueError:
+        return f"time must be ISO-8601, got {row.time!r}"
+    if stamp.tzinfo is None:
+        return f"time must carry a UTC offset (e.g. {utc_now()}), got {row.time!r}"
+    return None
+
+
+def utc_now() -> str:
+    """The current time in the form `ResultRow.time` expects."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# -- Parquet schema and migrations ------------------------------------------------------------
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "run_id": pa.string(),
+    "time": pa.string(),
+    "model": pa.string(),
+    "dataset": pa.string(),
+    "arch": pa.string(),
+    "ads": pa.string(),
+    "attention": pa.bool_(),
+    "method": pa.string(),
+    "train_eps": pa.float64(),
+    "checkpoint_kind": pa.string(),
+    "checkpoint_sha256": pa.string(),
+    "threat_model": pa.string(),
+    "eps": pa.float64(),
+    "suite": pa.string(),
+    "backend": pa.string(),
+    "backend_version": pa.string(),
+    "n_examples": pa.int64(),
+    "clean_acc": pa.float64(),
+    "robust_acc": pa.float64(),
+    "per_attack": pa.string(),  # JSON object: attack names differ between suites
+    "flags": pa.list_(pa.string()),
+    "seed": pa.int64(),
+    "device": pa.string(),
+    "wall_seconds": pa.float64(),
+    "ssmbench_version": pa.string(),
+    "torch_version": pa.string(),
+}
+
+# Column order follows ResultRow; a field without a type here fails at import, not at the first write.
+SCHEMA = pa.schema(
+    [pa.field(f.name, _ARROW_TYPES[f.name], nullable=False) for f in dataclasses.fields(ResultRow)],
+    metadata={_VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+
+
+def _from_v0(table: pa.Table) -> pa.Table:
+    """Version 0 (the first draft of contract 4) named no model and recorded no sanity flags.
+
+    Such rows get an empty model name (unknown) and no flags: the checks had not run, so none failed.
+    """
+    n = table.num_rows
+    table = table.append_column("model", pa.array([""] * n, pa.string()))
+    return table.append_column("flags", pa.array([[] for _ in range(n)], pa.list_(pa.string())))
+
+
+# MIGRATIONS[v] turns a version-v table into a version v+1 table; reading applies them in turn.
+MIGRATIONS: dict[int, Callable[[pa.Table], pa.Table]] = {0: _from_v0}
+
+
+def _schema_version(metadata: dict[bytes, bytes] | None, path: Path) -> int:
+    # Files written before versioning carry no key; they are version 0.
+    raw = (metadata or {}).get(_VERSION_KEY, b"0")
+    try:
+        return int(raw)
+    except ValueError:
+        raise LeaderboardError(f"{path}: unreadable schema version {raw!r}") from None
+
+
+def _conform(table: pa.Table, version: int, path: Path) -> pa.Table:
+    """Migrate a table read from `path` to the current schema, or refuse it."""
+    if version > SCHEMA_VERSION:
+        raise LeaderboardError(
+            f"{path}: written with results schema version {version}, this ssmbench reads up to "
+            f"{SCHEMA_VERSION}; upgrade ssmbench"
+        )
+    for step in range(version, SCHEMA_VERSION):
+        table = MIGRATIONS[step](table)
+    missing = [name for name in SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise LeaderboardError(f"{path}: not an ssmbench results file (missing columns {', '.join(missing)})")
+    with_nulls = [name for name in SCHEMA.names if table.column(name).null_count]
+    if with_nulls:
+        raise LeaderboardError(f"{path}: empty values in columns {', '.join(with_nulls)}")
+    try:
+        return table.select(SCHEMA.names).cast(SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise LeaderboardError(f"{path}: columns of the wrong type ({exc})") from None
+
+
+def _read_table(path: Path) -> pa.Table:
+    """The file at `path` as a current-schema table; a missing or foreign file is a LeaderboardError."""
+    if not path.is_file():
+        raise LeaderboardError(f"{path}: no results file here; `ssmbench eval` appends to it")
+    try:
+        parquet = pq.ParquetFile(path)
+        table = parquet.read()
+    except (pa.ArrowException, OSError) as exc:
+        raise LeaderboardError(f"{path}: not a readable Parquet file ({exc}); it was left as it is") from None
+    return _conform(table, _schema_version(parquet.schema_arrow.metadata, path), path)
+
+
+def _to_table(rows: Sequence[ResultRow]) -> pa.Table:
+    columns: dict[str, list[object]] = {name: [] for name in SCHEMA.names}
+    for row in rows:
+        for name in SCHEMA.names:
+            columns[name].append(getattr(row, name))
+    columns["per_attack"] = [json.dumps(d, sort_keys=True) for d in columns["per_attack"]]
+    columns["flags"] = [list(f) for f in columns["flags"]]
+    return pa.Table.from_pydict(columns, schema=SCHEMA)
+
+
+def _to_rows(table: pa.Table, path: Path) -> list[ResultRow]:
+    rows = []
+    for record in table.to_pylist():
+        try:
+            record["per_attack"] = json.loads(record["per_attack"])
+            rows.append(ResultRow(**record))
+        except (ValueError, AttributeError) as exc:  # bad JSON, a non-object, or a row out of range
+            raise LeaderboardError(f"{path}: row {record['run_id']!r}: {exc}") from None
+    return rows
+
+
+# -- reading and appending ----------------------------------------------------------------------
+
+
+def read(path: str | os.PathLike[str] = DEFAULT_RESULTS) -> list[ResultRow]:
+    """All rows of a results file, oldest first, migrated to the current schema."""
+    path = Path(path)
+    return _to_rows(_read_table(path), path)
+
+
+def query(
+    path: str | os.PathLike[str] = DEFAULT_RESULTS,
+    dataset: str | None = None,
+    arch: str | None = None,
+    method: str | None = None,
+) -> list[ResultRow]:
+    """The rows matching every filter that is given (exact match), oldest first."""
+    wanted = {"dataset": dataset, "arch": arch, "method": method}
+    return [
+        row
+        for row in read(path)
+        if all(value is None or getattr(row, name) == value for name, value in wanted.items())
+    ]
+
+
+def append(path: str | os.PathLike[str], rows: Sequence[ResultRow]) -> None:
+    """Add rows to the results file, creating it (and its folders) on first use.
+
+    Atomic and safe when several processes append at once; a corrupt existing file is refused
+    (LeaderboardError) and left untouched rather than replaced by the new rows alone.
+    """
+    path = Path(path)
+    if not rows:
+        return
+    new = _to_table(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        _remove_stale_temps(path)
+        table = pa.concat_tables([_read_table(path), new]) if path.exists() else new
+        _write_atomic(path, lambda f: pq.write_table(table, f))
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for `path`; the kernel drops it if the holder dies."""
+    fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temp files of writers that died mid-write; only safe while holding the lock."""
+    for stale in path.parent.glob(_temp_prefix(path) + "*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through `write` into a temp file beside `path`, then swap it in with os.replace."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable: without it a power cut can bring back the old file.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- derived files ------------------------------------------------------------------------------
+
+
+def publish(
+    parquet_path: str | os.PathLike[str] = DEFAULT_RESULTS,
+    markdown_path: str | os.PathLike[str] = DEFAULT_MARKDOWN,
+) -> str:
+    """Render the results file to markdown, write it atomically, and return the text."""
+    text = render_markdown(read(parquet_path))
+    markdown_path = Path(markdown_path)
+    markdown_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(markdown_path, lambda f: f.write(text.encode()))
+    return text
+
+
+def markdown_is_fresh(
+    parquet_path: str | os.PathLike[str] = DEFAULT_RESULTS,
+    markdown_path: str | os.PathLike[str] = DEFAULT_MARKDOWN,
+) -> bool:
+    """Whether the markdown file holds exactly what `publish` would write now (missing = stale)."""
+    expected = render_markdown(read(parquet_path))
+    markdown_path = Path(markdown_path)
+    return markdown_path.is_file() and markdown_path.read_text(encoding="utf-8") == expected
+
+
+EXPORT_FORMATS = ("csv", "robustbench")
+
+
+def export(rows: Sequence[ResultRow], fmt: str, out: str | os.PathLike[str]) -> list[Path]:
+    """Write rows for other tools and return the files written.
+
+    "csv": one file `out`, one line per row, every field (accuracies as fractions).
+    "robustbench": a folder `out` with `<dataset>/<threat model>/<name>.json` per model, in
+    RobustBench's model_info format; only models with an AutoAttack result have such a file.
+    """
+    out = Path(out)
+    if fmt == "csv":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        text = _csv_text(rows)
+        _write_atomic(out, lambda f: f.write(text.encode()))
+        return [out]
+    if fmt == "robustbench":
+        entries = robustbench_entries(rows)
+        if not entries:
+            raise LeaderboardError("no AutoAttack results to export; RobustBench ranks models by AutoAttack")
+        written = []
+        for relative, entry in entries.items():
+            target = out / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(entry, indent=2) + "\n"
+            _write_atomic(target, lambda f, text=text: f.write(text.encode()))
+            written.append(target)
+        return written
+    raise LeaderboardError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+
+
+def _csv_text(rows: Sequence[ResultRow]) -> str:
+    """Every field of every row; per_attack as JSON and flags joined by ';' so a cell stays a cell."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SCHEMA.names)
+    for row in rows:
+        values = [getattr(row, name) for name in SCHEMA.names]
+        values[SCHEMA.names.index("per_attack")] = json.dumps(row.per_attack, sort_keys=True)
+        values[SCHEMA.names.index("flags")] = ";".join(row.flags)
+        writer.writerow(values)
+    return buffer.getvalue()

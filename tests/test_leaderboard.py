@@ -1,0 +1,390 @@
+"""The results file and its views: atomic concurrent appends, schema migration, the published
+markdown against a golden string, exports, and the CLI (`ssmbench leaderboard ...`)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from model_zoo.errors import UsageError
+from ssmbench import leaderboard as lb
+from ssmbench.cli import leaderboard as cli_leaderboard
+from ssmbench.cli import main
+from ssmbench.leaderboard_render import PREAMBLE
+
+REPO = Path(__file__).resolve().parents[1]
+EPS = 8 / 255
+
+
+def make_row(run_id: str = "r0", **changes: object) -> lb.ResultRow:
+    values: dict[str, object] = dict(
+        run_id=run_id, time="2026-03-01T12:00:00+00:00", model="s4d-pgd-digits", dataset="digits",
+        arch="s4d", ads="relu", attention=False, method="pgd", train_eps=EPS, checkpoint_kind="best",
+        checkpoint_sha256="a" * 64, threat_model="Linf", eps=EPS, suite="pgd10", backend="ssmbench",
+        backend_version="0.1.0", n_examples=360, clean_acc=0.9, robust_acc=0.5,
+        per_attack={"pgd10": 0.5}, flags=(), seed=0, device="cpu", wall_seconds=1.5,
+        ssmbench_version="0.1.0", torch_version="2.13.0",
+    )
+    values.update(changes)
+    return lb.ResultRow(**values)
+
+
+# Three model families on digits and one on mnist; see test_markdown_matches_golden for the arithmetic.
+A = dict(arch="s4d", ads="relu", attention=False, method="pgd", train_eps=EPS)
+B = dict(arch="s4d", ads="none", attention=True, method="trades", train_eps=EPS)
+C = dict(arch="s4d", ads="none", attention=False, method="st", train_eps=0.0)
+AA = dict(suite="autoattack", n_examples=200)
+LATER = "2026-03-02T08:00:00+00:00"
+
+
+def known_rows() -> list[lb.ResultRow]:
+    return [
+        make_row("a1", **A, clean_acc=0.9125, robust_acc=0.5150),
+        # Two AutoAttack runs of the same cell, newest first: a3 (48.25) must win over a2.
+        make_row("a3", **A, **AA, clean_acc=0.91, robust_acc=0.4825, time=LATER),
+        make_row("a2", **A, **AA, clean_acc=0.91, robust_acc=0.10),
+        make_row("a4", **A, checkpoint_kind="last", clean_acc=0.93, robust_acc=0.46),
+        make_row("a5", **A, **AA, checkpoint_kind="last", clean_acc=0.93, robust_acc=0.44),
+        # Not in the paper's table: another suite, and a checkpoint that is neither best nor last.
+        make_row("a6", **A, suite="square", robust_acc=0.01),
+        make_row("a7", **A, checkpoint_kind="", robust_acc=0.02),
+        make_row("b1", **B, clean_acc=0.88, robust_acc=0.55),
+        make_row("b2", **B, **AA, clean_acc=0.88, robust_acc=0.465, flags=("zero-gradients",)),
+        make_row("b3", **B, checkpoint_kind="last", clean_acc=0.8712, robust_acc=0.5301),
+        make_row("c1", **C, clean_acc=0.99, robust_acc=0.0),
+        make_row("c2", **C, checkpoint_kind="last", clean_acc=0.985, robust_acc=0.0),
+        make_row("m1", dataset="mnist", arch="s5", ads="none", method="pgd", suite="autoattack",
+                 n_examples=2000, clean_acc=0.97, robust_acc=0.9),
+    ]
+
+
+GOLDEN_TABLES = """\
+## digits, Linf, ε = 8/255
+
+Test examples: PGD-10 on 360; AutoAttack on 200.
+
+| Model | Method | Train ε | Best CA | Best PGD-10 | Best AA | Last CA | Last PGD-10 | Last AA | Diff CA | Diff PGD-10 | Diff AA |
+| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| s4d + AdS (relu) | PGD-AT | 8/255 | 91.25 | 51.50 | 48.25 | 93.00 | 46.00 | 44.00 | -1.75 | +5.50 | +4.25 |
+| s4d + attention | TRADES | 8/255 | 88.00 | 55.00 | 46.50† | 87.12 | 53.01 | - | +0.88 | +1.99 | - |
+| s4d | ST | 0 | 99.00 | 0.00 | - | 98.50 | 0.00 | - | +0.50 | +0.00 | - |
+
+† A sanity check flagged this result (e.g. signs of gradient masking); `ssmbench leaderboard show` lists the flags.
+
+## mnist, Linf, ε = 8/255
+
+Test examples: AutoAttack on 2000.
+
+| Model | Method | Train ε | Best CA | Best PGD-10 | Best AA | Last CA | Last PGD-10 | Last AA | Diff CA | Diff PGD-10 | Diff AA |
+| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| s5 | PGD-AT | 8/255 | 97.00 | - | 90.00 | - | - | - | - | - | - |
+"""
+
+
+def _append_many(path: str, prefix: str, count: int, barrier: multiprocessing.synchronize.Barrier) -> None:
+    barrier.wait()  # both writers start together, so their read-modify-writes overlap
+    for i in range(count):
+        lb.append(path, [make_row(f"{prefix}{i}")])
+
+
+def _die_mid_write(path: str) -> None:
+    """Append, but SIGKILL this process after half of the new file reached the disk."""
+    real_write = pq.write_table
+
+    def half_then_die(table: pa.Table, where: io.BufferedWriter) -> None:
+        buffer = io.BytesIO()
+        real_write(table, buffer)
+        where.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        where.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    pq.write_table = half_then_die
+    lb.append(path, [make_row("doomed")])
+
+
+def _spawn(target: object, *args: object) -> multiprocessing.Process:
+    process = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    process.start()
+    return process
+
+
+# -- storage ------------------------------------------------------------------------------------
+
+
+def test_schema_columns_follow_result_row() -> None:
+    assert lb.SCHEMA.names == [f.name for f in dataclasses.fields(lb.ResultRow)]
+
+
+def test_append_then_read_round_trips_every_field(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "folder" / "results.parquet"
+    rows = known_rows()
+    lb.append(path, rows[:5])
+    lb.append(path, rows[5:])
+    assert lb.read(path) == rows
+    assert pq.ParquetFile(path).schema_arrow.metadata[b"ssmbench.schema_version"] == b"1"
+    assert lb.read(path)[8].flags == ("zero-gradients",)
+
+
+def test_query_filters_by_dataset_arch_method(tmp_path: Path) -> None:
+    path = tmp_path / "results.parquet"
+    lb.append(path, known_rows())
+    assert [r.run_id for r in lb.query(path, dataset="mnist")] == ["m1"]
+    assert {r.run_id for r in lb.query(path, method="trades")} == {"b1", "b2", "b3"}
+    assert [r.run_id for r in lb.query(path, dataset="digits", arch="s5")] == []
+    assert len(lb.query(path, arch="s4d")) == 12
+
+
+def test_two_processes_appending_at_once_lose_no_row(tmp_path: Path) -> None:
+    path = str(tmp_path / "results.parquet")
+    barrier = multiprocessing.get_context("spawn").Barrier(2)
+    writers = [_spawn(_append_many, path, prefix, 50, barrier) for prefix in ("x", "y")]
+    for writer in writers:
+        writer.join(timeout=120)
+        assert writer.exitcode == 0
+    ids = [row.run_id for row in lb.read(path)]
+    assert sorted(ids) == sorted([f"x{i}" for i in range(50)] + [f"y{i}" for i in range(50)])
+    # Each writer's rows stay in its own order: appends are serialized, never interleaved inside one.
+    assert [i for i in ids if i[0] == "x"] == [f"x{i}" for i in range(50)]
+
+
+def test_append_failing_after_temp_write_keeps_old_file_and_no_temp(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "results.parquet"
+    lb.append(path, [make_row("kept")])
+    before = path.read_bytes()
+
+    def partial_then_fail(table: pa.Table, where: io.BufferedWriter) -> None:
+        where.write(b"PAR1 half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", partial_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        lb.append(path, [make_row("lost")])
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [r.run_id for r in lb.read(path)] == ["kept"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet", "results.parquet.lock"]
+
+
+def test_append_killed_mid_write_leaves_a_readable_file(tmp_path: Path) -> None:
+    path = tmp_path / "results.parquet"
+    lb.append(path, [make_row("early1"), make_row("early2")])
+    victim = _spawn(_die_mid_write, str(path))
+    victim.join(timeout=120)
+    assert victim.exitcode == -signal.SIGKILL
+    strays = list(tmp_path.glob(".results.parquet.*.tmp"))
+    assert len(strays) == 1 and strays[0].stat().st_size > 0  # the killed writer's half file
+    assert [r.run_id for r in lb.read(path)] == ["early1", "early2"]
+    # The dead writer's lock went with it, and the next append clears its leftover.
+    lb.append(path, [make_row("later")])
+    assert [r.run_id for r in lb.read(path)] == ["early1", "early2", "later"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_version_0_file_without_model_and_flags_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "results.parquet"
+    current = lb._to_table([make_row("old1", robust_acc=0.4), make_row("old2", suite="autoattack")])
+    old = current.drop_columns(["model", "flags"])
+    pq.write_table(old.replace_schema_metadata({b"ssmbench.schema_version": b"0"}), path)
+    rows = lb.read(path)
+    assert [(r.run_id, r.model, r.flags, r.robust_acc, r.suite) for r in rows] == [
+        ("old1", "", (), 0.4, "pgd10"),
+        ("old2", "", (), 0.5, "autoattack"),
+    ]
+    lb.append(path, [make_row("new")])  # rewrites the file in the current schema
+    assert pq.ParquetFile(path).schema_arrow.metadata[b"ssmbench.schema_version"] == b"1"
+    assert [r.model for r in lb.read(path)] == ["", "", "s4d-pgd-digits"]
+
+
+def test_file_from_a_newer_ssmbench_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "results.parquet"
+    table = lb._to_table([make_row()])
+    pq.write_table(table.replace_schema_metadata({b"ssmbench.schema_version": b"7"}), path)
+    with pytest.raises(UsageError, match="version 7.*upgrade ssmbench"):
+        lb.read(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a parquet file at all", b"foreign"])
+def test_corrupt_or_foreign_file_is_refused_and_never_overwritten(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "results.parquet"
+    if content == b"foreign":
+        pq.write_table(pa.table({"accuracy": [0.5]}), path)
+        content = path.read_bytes()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UsageError, match=str(path)):
+        lb.read(path)
+    with pytest.raises(UsageError, match=str(path)):
+        lb.append(path, [make_row()])
+    assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"robust_acc": 48.25}, "fraction"),  # a percentage where a fraction belongs
+        ({"per_attack": {"apgd-ce": 1.5}}, "per_attack"),
+        ({"ads": "gelu"}, "ads"),
+        ({"checkpoint_kind": "final"}, "checkpoint_kind"),
+        ({"time": "2026-03-01T12:00:00"}, "UTC offset"),
+        ({"n_examples": 0}, "n_examples"),
+    ],
+)
+def test_invalid_rows_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        make_row(**changes)
+
+
+# -- markdown -----------------------------------------------------------------------------------
+
+
+def test_markdown_matches_golden() -> None:
+    # Diff = Best - Last of the printed numbers: 91.25 - 93.00 = -1.75, 51.50 - 46.00 = +5.50,
+    # 48.25 - 44.00 = +4.25 (the older AA run a2 at 10.00 is replaced by a3). Sorted by Best AA:
+    # 48.25 > 46.50 (flagged) > none, which is not the order of the family names. CA comes from the PGD-10 row (mnist: only AA, so from it).
+    assert lb.render_markdown(known_rows()) == PREAMBLE + "\n" + GOLDEN_TABLES
+
+
+def test_markdown_of_no_rows_says_so() -> None:
+    assert lb.render_markdown([]) == PREAMBLE + "\nNo results yet.\n"
+
+
+def test_publish_is_deterministic_whatever_the_row_order(tmp_path: Path) -> None:
+    rows = known_rows()
+    outputs = []
+    for seed in range(3):
+        shuffled = rows[:]
+        random.Random(seed).shuffle(shuffled)
+        results = tmp_path / f"results{seed}.parquet"
+        lb.append(results, shuffled)
+        markdown = tmp_path / f"out{seed}" / "README.md"
+        text = lb.publish(results, markdown)
+        assert markdown.read_text(encoding="utf-8") == text
+        outputs.append(text)
+    assert outputs == [PREAMBLE + "\n" + GOLDEN_TABLES] * 3
+
+
+# -- exports ------------------------------------------------------------------------------------
+
+ROBUSTBENCH_KEYS = {
+    "link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
+    "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "footnote", "unreliable",
+}
+
+
+def test_robustbench_export_has_one_model_info_per_model(tmp_path: Path) -> None:
+    written = lb.export(known_rows(), "robustbench", tmp_path / "rb")
+    infos = {p.relative_to(tmp_path / "rb").as_posix(): json.loads(p.read_text()) for p in written}
+    # Models with an AutoAttack result: A best, A last, B best, the mnist s5.
+    assert len(infos) == 4
+    assert all(set(info) == ROBUSTBENCH_KEYS for info in infos.values())
+    a_best = infos["digits/Linf/s4d_ads-relu_noattn_pgd_train-8-255_best_eps-8-255.json"]
+    assert (a_best["clean_acc"], a_best["reported"], a_best["autoattack_acc"]) == ("91.25", "51.50", "48.25")
+    assert (a_best["eps"], a_best["dataset"], a_best["unreliable"]) == ("8/255", "digits", False)
+    b_best = infos["digits/Linf/s4d_ads-none_attn_trades_train-8-255_best_eps-8-255.json"]
+    assert b_best["unreliable"] is True and "zero-gradients" in b_best["footnote"]
+
+
+def test_robustbench_export_without_autoattack_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="AutoAttack"):
+        lb.export([make_row()], "robustbench", tmp_path / "rb")
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    path = tmp_path / "leaderboards" / "results.parquet"
+    lb.append(path, known_rows())
+    return path
+
+
+def test_cli_show_filters_and_prints_percentages(results: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(cli_leaderboard.console, "width", 300)  # no wrapping inside cells
+    assert main(["leaderboard", "show", "--path", str(results), "--dataset", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert "48.25" in out and "10.00" in out  # every result, the replaced a2 too
+    assert "zero-gradients" in out
+    assert "97.00" not in out and "mnist" not in out  # the mnist row is filtered out
+    assert f"{results}: 12 results" in out
+
+
+def test_cli_export_csv(results: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "export" / "results.csv"
+    assert main(["leaderboard", "export", "--format", "csv", "--out", str(out), "--path", str(results)]) == 0
+    with out.open(newline="") as handle:
+        records = list(csv.DictReader(handle))
+    assert [r["run_id"] for r in records] == [r.run_id for r in known_rows()]
+    b2 = next(r for r in records if r["run_id"] == "b2")
+    assert float(b2["robust_acc"]) == 0.465 and b2["flags"] == "zero-gradients"
+    assert json.loads(b2["per_attack"]) == {"pgd10": 0.5}
+
+
+def test_cli_export_robustbench(results: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "rb"
+    argv = ["leaderboard", "export", "--format", "robustbench", "--out", str(out), "--path", str(results)]
+    assert main([*argv, "--dataset", "mnist"]) == 0
+    [info] = [json.loads(p.read_text()) for p in out.rglob("*.json")]
+    assert (info["clean_acc"], info["autoattack_acc"], info["architecture"]) == ("97.00", "90.00", "s5")
+
+
+def test_cli_publish_check_detects_stale_and_passes_fresh(results: Path, capsys) -> None:
+    markdown = results.parent / "README.md"
+    check = ["leaderboard", "publish", "--path", str(results), "--out", str(markdown), "--check"]
+    assert main(check) == 1  # nothing published yet
+    assert not markdown.exists()
+    assert main(check[:-1]) == 0
+    assert markdown.read_text(encoding="utf-8") == PREAMBLE + "\n" + GOLDEN_TABLES
+    capsys.readouterr()
+    assert main(check) == 0
+    lb.append(results, [make_row("new", **C, **AA, robust_acc=0.0, time=LATER)])
+    assert main(check) == 1
+    err = capsys.readouterr().err
+    assert "stale" in err and len(err.strip().splitlines()) == 1
+    assert markdown.read_text(encoding="utf-8") == PREAMBLE + "\n" + GOLDEN_TABLES  # --check wrote nothing
+
+
+def test_cli_missing_results_file_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    assert main(["leaderboard", "show", "--path", str(tmp_path / "none.parquet")]) == 2
+    assert "none.parquet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["show", "publish", "export"])
+def test_cli_help_has_an_example(command: str, capsys) -> None:
+    assert main(["leaderboard", command, "--help"]) == 0
+    assert f"Example: ssmbench leaderboard {command}" in capsys.readouterr().out
+
+
+# -- CI script ----------------------------------------------------------------------------------
+
+
+def test_ci_check_script_skips_without_results_then_checks(tmp_path: Path, results: Path) -> None:
+    checkout = tmp_path / "checkout"
+    (checkout / "ci").mkdir(parents=True)
+    shutil.copy(REPO / "ci" / "check_leaderboard.sh", checkout / "ci")
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "ci/check_leaderboard.sh"], cwd=checkout, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    skipped = run()
+    assert skipped.returncode == 0 and "nothing to check" in skipped.stdout
+    shutil.copytree(results.parent, checkout / "leaderboards")
+    (checkout / "leaderboards" / "README.md").write_text("# an old leaderboard\n", encoding="utf-8")
+    stale = run()
+    assert stale.returncode == 1 and "stale" in stale.stderr
