@@ -64,6 +64,9 @@ def component_sites(model: nn.Module) -> list[ComponentSite]:
             if isinstance(mixer.ads, AdaptiveScaling):
                 sites.append(ComponentSite(index, "AdS", (mixer.ads, "input"), (mixer.ads, "output")))
             sites.append(ComponentSite(index, "Linear", (mixer.out_proj, "input"), (mixer.out_proj, "output")))
+        elif hasattr(mixer, "ema"):  # Mega: EMA, then gated attention over the EMA output
+            sites.append(ComponentSite(index, "EMA", (mixer, "input"), (mixer.ema, "output")))
+            sites.append(ComponentSite(index, "Gated attention", (mixer.ema, "output"), (mixer, "output")))
         else:
             sites.append(ComponentSite(index, type(mixer).__name__.removesuffix("Mixer"), (mixer, "input"), (mixer, "output")))
         if block.attention is not None:

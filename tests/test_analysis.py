@@ -49,6 +49,8 @@ def test_components_cover_ssm_ads_linear_and_attention() -> None:
     assert names == ["SSM", "AdS", "Linear", "Attention"]
     plain = build_model("s4d", "digits", d_model=8, d_state=4, n_layers=2)
     assert [s.component for s in analysis.component_sites(plain)] == ["SSM", "Linear"] * 2
+    mega = build_model("mega", "digits", d_model=8, d_state=4, n_layers=1)
+    assert [s.component for s in analysis.component_sites(mega)] == ["EMA", "Gated attention"]
 
 
 def test_activations_chain_between_components() -> None:
