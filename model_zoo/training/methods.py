@@ -1,0 +1,308 @@
+"""Adversarial training methods: one function per method, one signature, one registry.
+
+Every method is `method(model, x, y, ctx) -> StepOutput`: it crafts the inputs it trains on,
+takes its optimizer step(s) through `ctx.optimizer`, and reports what it trained on. The methods
+own their optimizer steps because they differ exactly there: FreeAT steps m times per batch, YOPO
+accumulates gradients over m passes and steps once.
+
+Perturbations live in [0, 1] pixel space and are projected onto the Linf eps-ball around x and
+onto [0, 1] after every update, so every `StepOutput.x_adv` is a valid input of the threat model.
+
+Train/eval mode: every method leaves the model in the mode the trainer set (train mode) for the
+attack as well as for the update. FreeAT and YOPO must, because one forward pass serves both the
+attack and the weight update; the others do the same so that all methods see the same network.
+Our classifiers have no BatchNorm or dropout, so the mode does not change any number (the tests
+check this); a model that had them would see its training-mode statistics during the attack.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model_zoo.errors import UsageError
+from model_zoo.training.perturb import LossFn, input_gradient, pgd, project, uniform_start
+
+# FGSM-RS step (Wong et al. 2020): 1.25 eps from a uniform start, the value their paper found
+# to train robustly without catastrophic overfitting at eps 8/255.
+FGSM_RS_STEP = 1.25
+# TRADES and MART start their inner maximization at x + 0.001 N(0, 1) (their released code).
+GAUSSIAN_START_STD = 0.001
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method needs besides the batch: threat model, method hyper-parameters, optimizer.
+
+    `state` is the one mutable part: per-run state that outlives a batch (FreeAT's perturbation
+    under the key "freeat_delta"); the trainer saves it in the resume state.
+    """
+
+    optimizer: torch.optim.Optimizer
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    steps: int = 10
+    trades_beta: float = 6.0
+    mart_beta: float = 6.0
+    freeat_m: int = 4
+    yopo_m: int = 5
+    yopo_n: int = 3
+    grad_clip: float | None = None
+    generator: torch.Generator | None = None
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One batch's result: the training objective, the inputs trained on and their logits.
+
+    `logits_adv` were computed on `x_adv` with the weights before this batch's (last) update;
+    for standard training x_adv is x itself.
+    """
+
+    loss: torch.Tensor
+    x_adv: torch.Tensor
+    logits_adv: torch.Tensor
+
+
+class Method(Protocol):
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput: ...
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str) -> Callable[[Method], Method]:
+    """Function decorator: make an AT method usable by name (`get_method(name)`)."""
+
+    def decorate(fn: Method) -> Method:
+        if name in METHODS:
+            raise UsageError(f"training method {name!r} registered twice")
+        METHODS[name] = fn
+        return fn
+
+    return decorate
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UsageError(f"unknown training method {name!r}; choose one of {', '.join(METHODS)}") from None
+
+
+def list_methods() -> list[str]:
+    return list(METHODS)
+
+
+def _apply_gradients(model: nn.Module, ctx: MethodContext) -> None:
+    """Clip (if asked) and step on the gradients already accumulated in the parameters."""
+    if ctx.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip)
+    ctx.optimizer.step()
+
+
+def _update(model: nn.Module, loss: torch.Tensor, ctx: MethodContext) -> None:
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    _apply_gradients(model, ctx)
+
+
+def _gaussian_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return project(x + GAUSSIAN_START_STD * noise, x, eps)
+
+
+def _ascend(
+    model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, target: torch.Tensor, loss_fn: LossFn, ctx: MethodContext
+) -> torch.Tensor:
+    """ctx.steps signed-gradient ascent steps on loss_fn from x_adv, projected after each."""
+    for _ in range(ctx.steps):
+        grad = input_gradient(model, x_adv, target, loss_fn)
+        x_adv = project(x_adv + ctx.alpha * grad.sign(), x, ctx.eps)
+    return x_adv.detach()
+
+
+def kl_to_clean(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(clean) || softmax(adv)) summed over classes, averaged over the batch (TRADES)."""
+    return F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
+
+
+@register_method("st")
+def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+    """Standard training: cross-entropy on the clean batch (the baseline every table compares to)."""
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    _update(model, loss, ctx)
+    return StepOutput(loss.detach(), x, logits.detach())
+
+
+@register_method("pgd")
+def pgd_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+    """PGD-AT (Madry et al. 2018): CE on PGD-K examples from one uniform random start."""
+    x_adv = pgd(model, x, y, ctx.eps, ctx.alpha, ctx.steps, generator=ctx.generator)
+    logits = model(x_adv)
+    loss = F.cross_entropy(logits, y)
+    _update(model, loss, ctx)
+    return StepOutput(loss.detach(), x_adv, logits.detach())
+
+
+@register_method("trades")
+def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+    """TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(f(x) || f(x')).
+
+    x' maximizes the KL to the clean prediction (held fixed during the attack), starting at
+    x + 0.001 N(0, 1). In the outer loss the gradient flows through both f(x) and f(x'), as in
+    the released code.
+    """
+    logits_clean = model(x)
+    start = _gaussian_start(x, ctx.eps, ctx.generator)
+    x_adv = _ascend(model, x, start, logits_clean.detach(), kl_to_clean, ctx)
+    logits_adv = model(x_adv)
+    loss = F.cross_entropy(logits_clean, y) + ctx.trades_beta * kl_to_clean(logits_adv, logits_clean)
+    _update(model, loss, ctx)
+    return StepOutput(loss.detach(), x_adv, logits_adv.detach())
+
+
+def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    """MART (Wang et al. 2020): boosted CE on x' + beta * KL(p(x) || p(x')) * (1 - p_y(x)).
+
+    The boosted CE adds -log(1 - max_{k != y} p_k(x')), the margin term that pushes down the
+    strongest wrong class; the KL is weighted per example by how misclassified x is.
+    The 1e-12 / 1.0001 offsets keep the logs finite exactly as in the released code.
+    """
+    probs_adv = F.softmax(logits_adv, dim=1)
+    probs_clean = F.softmax(logits_clean, dim=1)
+    top2 = probs_adv.argsort(dim=1)[:, -2:]
+    strongest_wrong = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+    boosted_ce = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - probs_adv + 1e-12), strongest_wrong)
+    kl = F.kl_div(torch.log(probs_adv + 1e-12), probs_clean, reduction="none").sum(dim=1)
+    p_true = probs_clean.gather(1, y[:, None]).squeeze(1)
+    return boosted_ce + beta * (kl * (1.0000001 - p_true)).mean()
+
+
+@register_method("mart")
+def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+    """MART: PGD-K on CE from x + 0.001 N(0, 1) (the released code's start), then `mart_loss`."""
+    x_adv = _ascend(model, x, _gaussian_start(x, ctx.eps, ctx.generator), y, F.cross_entropy, ctx)
+    logits_clean = model(x)
+    logits_adv = model(x_adv)
+    loss = mart_loss(logits_clean, logits_adv, y, ctx.mart_beta)
+    _update(model, loss, ctx)
+    return StepOutput(loss.detach(), x_adv, logits_adv.detach())
+
+
+@register_method("fgsm-rs")
+def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+    """Fast AT (Wong et al. 2020): uniform start, one FGSM step of 1.25 eps, projected."""
+    x_start = uniform_start(x, ctx.eps, ctx.generator)
+    grad = input_gradient(model, x_start, y, F.cross_entropy)
+    x_adv = project(x_start + FGSM_RS_STEP * ctx.eps * grad.sign(), x, ctx.eps).detach()
+    logits = model(x_adv)
+    loss = F.cross_entropy(logits, y)
+    _update(model, loss, ctx)
+    return StepOutput(loss.detach(), x_adv, logits.detach())
+
+
+def _freeat_delta(x: torch.Tensor, ctx: MethodContext) -> torch.Tensor:
+    """The persistent perturbation's first len(x) rows, zeros on a run's first batch.
+
+    The first batch of a run is never smaller than a later one, so it fixes the stored size.
+    """
+    if "freeat_delta" not in ctx.state:
+        ctx.state["freeat_delta"] = torch.zeros_like(x)
+    return ctx.state["freeat_delta"][: x.shape[0]].clone()
+
+
+@register_method("freeat")
+def free_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+    """Free AT (Shafahi et al. 2019): m replays of the batch, each one backward pass that gives
+    both the weight gradient (one optimizer step) and the input gradient (one signed step of eps,
+    Algorithm 1 of the paper) for the perturbation.
+
+    The perturbation is kept across batches in ctx.state (a batch-sized tensor; a smaller last
+    batch uses and updates its first rows), starting from zero as in the paper. delta itself is
+    clipped to the eps-ball; the input trained on is x + delta projected onto [0, 1] as well, as
+    in the released code, so delta is not shaped by one batch's pixel bounds before the next.
+    """
+    delta = _freeat_delta(x, ctx)
+    losses = []
+    for _ in range(ctx.freeat_m):
+        x_adv = project(x + delta, x, ctx.eps).requires_grad_(True)
+        logits = model(x_adv)
+        loss = F.cross_entropy(logits, y)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        delta = (delta + ctx.eps * x_adv.grad.sign()).clamp(-ctx.eps, ctx.eps)
+        _apply_gradients(model, ctx)
+        losses.append(loss.detach())
+    ctx.state["freeat_delta"][: x.shape[0]] = delta
+    return StepOutput(torch.stack(losses).mean(), x_adv.detach(), logits.detach())
+
+
+def yopo_first_layer(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """f0 = encoder_norm(encoder(pixel tokens)): YOPO's "first layer" for a SequenceClassifier.
+
+    We include the LayerNorm because the encoder alone is affine: its input gradient W^T p does
+    not depend on eta, so all n inner steps would take the same sign step and YOPO-m-n would
+    collapse to YOPO-m-1 with step n*alpha. With the norm, f0 is nonlinear yet still per-pixel
+    (no sequence mixing), so an inner step costs a tiny fraction of a full pass.
+    """
+    return model.encoder_norm(model.encoder(model.to_sequence(x)))
+
+
+@contextmanager
+def _capture_first_layer(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Record encoder_norm's output of each forward pass, retaining its gradient."""
+    captured: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        output.retain_grad()
+        captured.append(output)
+
+    handle = model.encoder_norm.register_forward_hook(keep)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+@register_method("yopo")
+def yopo(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+    """YOPO-m-n (Zhang et al. 2019): m full forward/backward passes per batch, n cheap inner steps.
+
+    Each outer pass j trains on x + eta_j, accumulates the parameter gradients (the mean over
+    the m passes: one optimizer step per batch) and yields p = dL/d f0 at the first layer's
+    output. The n inner steps then ascend <p, f0(x + eta)> in eta through the first layer only.
+    eta starts uniformly in the eps-ball (the released code started at exactly +eps) and is
+    projected onto the ball and [0, 1] every step (the released code did not clip to [0, 1]).
+    The inner loop after the last outer pass is skipped: in the paper its eta only feeds a
+    separate first-layer weight update, which this implementation folds into the accumulated
+    full-pass gradients.
+    """
+    if not (hasattr(model, "encoder") and hasattr(model, "encoder_norm")):
+        raise UsageError("yopo needs a SequenceClassifier (it attacks through model.encoder/encoder_norm)")
+    x_adv = uniform_start(x, ctx.eps, ctx.generator)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    losses = []
+    for outer in range(ctx.yopo_m):
+        with _capture_first_layer(model) as captured:
+            logits = model(x_adv)
+        loss = F.cross_entropy(logits, y)
+        (loss / ctx.yopo_m).backward()
+        losses.append(loss.detach())
+        if outer == ctx.yopo_m - 1:
+            break
+        p = captured[0].grad.detach()
+        for _ in range(ctx.yopo_n):
+            x_adv = x_adv.detach().requires_grad_(True)
+            hamiltonian = (p * yopo_first_layer(model, x_adv)).sum()
+            (grad,) = torch.autograd.grad(hamiltonian, x_adv)
+            x_adv = project(x_adv.detach() + ctx.alpha * grad.sign(), x, ctx.eps)
+    _apply_gradients(model, ctx)
+    return StepOutput(torch.stack(losses).mean(), x_adv.detach(), logits.detach())

@@ -1,0 +1,173 @@
+"""`ssmbench train ARCH --at METHOD`: adversarial training with a progress bar and resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from model_zoo import build_model
+from model_zoo.errors import UsageError
+from model_zoo.training import EpochRecord, check_out_dir, TrainConfig, TrainObserver, list_methods, seed_everything, train
+from ssmbench import data
+from ssmbench.cli._common import console, parse_fraction
+
+# The paper trained 100 epochs on MNIST-like data and 180 on CIFAR-10 / Tiny-ImageNet.
+PAPER_EPOCHS = {"cifar10": 180, "tiny-imagenet": 180}
+DEFAULT_EPOCHS = 100
+
+
+class _SpeedColumn(ProgressColumn):
+    """Samples per second over rich's recent window (blank until it has two updates)."""
+
+    def render(self, task: Task) -> Text:
+        return Text("" if task.speed is None else f"{task.speed:,.0f} samples/s")
+
+
+class _RichObserver(TrainObserver):
+    """Renders training: one bar per epoch (samples, samples/s, ETA), one line per finished epoch."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: int | None = None
+
+    def on_epoch_start(self, epoch: int, epochs: int, samples: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=samples)
+
+    def on_batch(self, done: int, total: int, samples: int) -> None:
+        self.progress.update(self.task, completed=done)
+
+    def on_eval_start(self, epoch: int, examples: int) -> None:
+        self.progress.update(self.task, description=f"epoch {epoch} eval ({examples} test images, PGD-10)")
+
+    def on_epoch(self, record: EpochRecord, is_best: bool) -> None:
+        self.progress.console.print(
+            f"epoch {record.epoch:>3}  loss {record.train_objective:.3f}  "
+            f"train {100 * record.train_clean_acc:5.1f}/{100 * record.train_adv_acc:5.1f}  "
+            f"test {100 * record.test_clean_acc:5.1f}/{100 * record.test_adv_acc:5.1f}  "
+            f"{record.samples_per_s:,.0f}/s{'  best' if is_best else ''}",
+            markup=False,
+        )
+
+
+def _choose(value: str, choices: list[str], option: str) -> str:
+    if value not in choices:
+        raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: this torch build sees no CUDA device; use cpu")
+    return device
+
+
+def _load(dataset: str, split: str, data_dir: Path | None, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """data's DataError is a ValueError; as a fixable input it must exit 2 like any UsageError."""
+    try:
+        return data.load_split(dataset, split, data_dir, download)
+    except data.DataError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _summary(best: EpochRecord, last: EpochRecord) -> Table:
+    table = Table(title="Test accuracy (%) on the eval subset", title_justify="left")
+    for column in ("checkpoint", "epoch", "clean", "PGD-10"):
+        table.add_column(column, justify="right")
+    for name, record in (("best", best), ("last", last)):
+        table.add_row(name, str(record.epoch), f"{100 * record.test_clean_acc:.2f}", f"{100 * record.test_adv_acc:.2f}")
+    clean_diff = 100 * (best.test_clean_acc - last.test_clean_acc)
+    robust_diff = 100 * (best.test_adv_acc - last.test_adv_acc)
+    table.add_row("Diff (best - last)", "", f"{clean_diff:+.2f}", f"{robust_diff:+.2f}")
+    return table
+
+
+def train_command(
+    arch: str = typer.Argument(..., help="Architecture (ssmbench zoo list)."),
+    at: str = typer.Option("pgd", "--at", help=f"Training method: {', '.join(list_methods())}."),
+    ads: str = typer.Option("none", help="Adaptive Scaling: none, relu, sigmoid or tanh."),
+    attention: bool = typer.Option(False, "--attention", help="Add a self-attention layer to every block."),
+    dataset: str = typer.Option("digits", help="Dataset (digits needs no download)."),
+    epochs: int = typer.Option(None, help="Epochs (default: the paper's, 100; 180 on cifar10/tiny-imagenet)."),
+    eps: str = typer.Option("8/255", help="Linf radius for training and the PGD-10 eval, e.g. 8/255."),
+    alpha: str = typer.Option("2/255", help="Attack step size, e.g. 2/255."),
+    steps: int = typer.Option(10, help="Attack steps during training (pgd, trades, mart)."),
+    batch_size: int = typer.Option(256, help="Training batch size."),
+    lr: float = typer.Option(1e-3, help="AdamW learning rate (cosine schedule to 0)."),
+    weight_decay: float = typer.Option(2e-4, help="AdamW weight decay."),
+    trades_beta: float = typer.Option(6.0, help="TRADES KL weight."),
+    mart_beta: float = typer.Option(6.0, help="MART KL weight."),
+    freeat_m: int = typer.Option(4, help="FreeAT replays per batch."),
+    freeat_full_epochs: bool = typer.Option(
+        False, help="FreeAT: run all epochs (the paper) instead of epochs/m (PGD-AT's cost)."
+    ),
+    yopo_m: int = typer.Option(5, help="YOPO outer (full) passes per batch."),
+    yopo_n: int = typer.Option(3, help="YOPO inner first-layer steps per outer pass."),
+    eval_examples: int = typer.Option(None, help="Test images for the per-epoch clean/PGD-10 eval (first N; default all)."),
+    train_examples: int = typer.Option(None, help="Train on the first N training images only (quick trials)."),
+    seed: int = typer.Option(0, help="One seed for the initial weights, data order and attack noise."),
+    grad_clip: float = typer.Option(None, help="Clip the gradient norm to this value."),
+    data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA)."),
+    download: bool = typer.Option(True, help="Download missing dataset files (with checksum checks)."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)."),
+    out: Path = typer.Option(None, help="Run directory (default runs/ARCH-AT-ADS[-attn]-DATASET)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last completed epoch."),
+) -> None:
+    """Train a model with standard or adversarial training; writes best/last checkpoints,
+    history.parquet and curves.png into the run directory after every epoch.
+
+    Example: ssmbench train s4d --at pgd --ads tanh --dataset digits --epochs 20
+    """
+    _choose(at, list_methods(), "--at")
+    info = data.get_dataset(_choose(dataset, data.list_datasets(), "--dataset"))
+    config = TrainConfig(
+        method=at, epochs=epochs if epochs is not None else PAPER_EPOCHS.get(dataset, DEFAULT_EPOCHS),
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, eps=parse_fraction(eps, "--eps"),
+        alpha=parse_fraction(alpha, "--alpha"), steps=steps, trades_beta=trades_beta, mart_beta=mart_beta,
+        freeat_m=freeat_m, freeat_full_epochs=freeat_full_epochs, yopo_m=yopo_m, yopo_n=yopo_n,
+        eval_examples=eval_examples, train_examples=train_examples, seed=seed, grad_clip=grad_clip,
+    )
+    target = _device(device)
+    seed_everything(seed)
+    model = build_model(arch, dataset, ads=ads, attention=attention).to(target)
+    out = out or Path("runs") / f"{arch}-{at}-{ads}{'-attn' if attention else ''}-{dataset}"
+    check_out_dir(out, resume)
+    train_data = _load(dataset, "train", data_dir, download)
+    test_data = _load(dataset, "test", data_dir, download)
+    console.print("per epoch: train clean/adversarial acc %, test clean/PGD-10 acc %, samples/s")
+    console.print(
+        f"{arch} ({ads} AdS{', attention' if attention else ''}) on {dataset}, {at}, eps {config.eps:.4f}, "
+        f"{config.effective_epochs} epochs, device {target} -> {out}"
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _SpeedColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        result = train(model, train_data, test_data, config, out, augment=data.augment if info.augment else None,
+                       observer=_RichObserver(progress), resume=resume)
+    console.print(_summary(result.best, result.last))
+    console.print(f"wrote {result.best_path}, {result.last_path}, {out / 'history.parquet'}, {out / 'curves.png'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
