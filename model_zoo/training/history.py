@@ -74,6 +74,7 @@ def plot_curves(records: list[EpochRecord], path: Path, title: str = "") -> None
     # canvas directly, not pyplot: no global backend or figure registry, and it works headless.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(10, 7))
     figure.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.9, hspace=0.35, wspace=0.2)
@@ -89,6 +90,7 @@ def plot_curves(records: list[EpochRecord], path: Path, title: str = "") -> None
             axes.plot(epochs, values, style, markersize=3, label=label)
         axes.set_title(f"{split} {'accuracy (%)' if quantity == 'acc' else 'loss (CE)'}")
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         axes.legend(loc="lower right" if quantity == "acc" else "upper right", fontsize="small")
     if title:
