@@ -83,14 +83,6 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _load(dataset: str, split: str, data_dir: Path | None, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """data's DataError is a ValueError; as a fixable input it must exit 2 like any UsageError."""
-    try:
-        return data.load_split(dataset, split, data_dir, download)
-    except data.DataError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def _summary(best: EpochRecord, last: EpochRecord) -> Table:
     table = Table(title="Test accuracy (%) on the eval subset", title_justify="left")
     for column in ("checkpoint", "epoch", "clean", "PGD-10"):
@@ -153,8 +145,8 @@ def train_command(
     model = build_model(arch, dataset, ads=ads, attention=attention).to(target)
     out = out or Path("runs") / f"{arch}-{at}-{ads}{'-attn' if attention else ''}-{dataset}"
     check_out_dir(out, resume)
-    train_data = _load(dataset, "train", data_dir, download)
-    test_data = _load(dataset, "test", data_dir, download)
+    train_data = data.load_split(dataset, "train", data_dir, download)
+    test_data = data.load_split(dataset, "test", data_dir, download)
     console.print("per epoch: train clean/adversarial acc %, test clean/PGD-10 acc %, samples/s")
     console.print(
         f"{arch} ({ads} AdS{', attention' if attention else ''}) on {dataset}, {at}, eps {config.eps:.4f}, "

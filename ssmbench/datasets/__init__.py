@@ -5,8 +5,10 @@ knows where its files come from. `ssmbench.data` is the registry that users call
 holds the exception they all raise so that the readers need not import the registry.
 """
 
+from model_zoo.errors import UsageError
 
-class DataError(ValueError):
+
+class DataError(UsageError):
     """Dataset files that are missing, incomplete or corrupt, or a bad dataset name or split.
 
     The message is one line that says what to do: which files are expected in which directory and
