@@ -1,0 +1,227 @@
+"""Sanity checks against gradient masking, stored as flags on a result instead of silently passing.
+
+A robust accuracy is only as good as the attacks behind it. Gradient-based attacks fail without
+telling anyone when a model's gradients are useless: zero (quantization, saturation), NaN, random
+(a stochastic forward pass) or misleading. Each check below looks for one symptom, following the
+flags that AutoAttack raises and the advice of Carlini et al., "On Evaluating Adversarial
+Robustness" (2019). They run on the first `CheckConfig.n_examples` evaluated examples, so their
+cost does not grow with the evaluation; every number behind a verdict is kept in `detail`.
+
+Flags (codes as stored in the leaderboard):
+- `zero-gradients` / `nan-gradients`: some example's input gradient of the logit margin is
+  exactly zero / not finite.
+- `random-forward`: two forward passes in eval mode disagree.
+- `black-box-beats-white-box`: the black-box Square attack fools examples that every gradient
+  attack missed.
+- `pgd-steps-no-gain`: 100 PGD steps (with CE and with the margin loss) do no better than
+  PGD-10 although other attacks prove that PGD-10 left breakable examples standing.
+- `unbounded-pgd-not-zero`: PGD with eps = 1 (any image in [0, 1] is reachable) leaves
+  examples correctly classified.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from model_zoo.errors import UsageError
+from model_zoo.training.perturb import input_gradient
+from ssmbench import attack_backends
+from ssmbench.attacks import PGD, Attack, AttackSettings, eval_mode
+
+FLAGS: dict[str, str] = {
+    "zero-gradients": "some examples have an all-zero input gradient: gradient attacks cannot move them",
+    "nan-gradients": "some input gradients are NaN or infinite: gradient attacks are blind there",
+    "random-forward": "the forward pass is random in eval mode: use AutoAttack --version rand",
+    "black-box-beats-white-box": "Square (black box) fooled examples that all gradient attacks missed",
+    "pgd-steps-no-gain": "PGD-100 (CE and margin) gains nothing over PGD-10 although other attacks found a gap",
+    "unbounded-pgd-not-zero": "PGD with eps = 1 does not bring accuracy to ~0",
+}
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """How much work the checks do; the defaults take seconds on a CPU for a digits-sized model.
+
+    Thresholds:
+    - `black_box_max_gain` is AutoAttack's own (check_square_sr): Square may lower robust
+      accuracy by at most 0.2% of the examples after the white-box attacks.
+    - `min_gap` / `min_gap_examples`: the gap between PGD-10 and the best other attack below which
+      a PGD-100 plateau is expected (PGD-10 had already converged) and not flagged.
+    - `unbounded_max_acc`: what '~0 accuracy at eps = 1' allows.
+    """
+
+    n_examples: int = 64
+    long_steps: int = 100
+    square_queries: int = 1000
+    unbounded_steps: int = 20
+    unbounded_max_acc: float = 0.02
+    black_box_max_gain: float = 0.002
+    min_gap: float = 0.03
+    min_gap_examples: int = 2
+    random_repeats: int = 3
+    random_tolerance: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.n_examples < 1 or self.long_steps <= 10 or self.unbounded_steps < 1 or self.random_repeats < 2:
+            raise UsageError(
+                "checks need n_examples >= 1, long_steps > 10, unbounded_steps >= 1 and random_repeats >= 2; "
+                f"got {self.n_examples}, {self.long_steps}, {self.unbounded_steps}, {self.random_repeats}"
+            )
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """One check's verdict: `flag` is a code from FLAGS when it failed, None when it passed."""
+
+    name: str
+    flag: str | None
+    detail: str
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sum over examples of (best wrong logit - true logit).
+
+    Unlike cross-entropy, whose gradient underflows to exactly zero once softmax rounds to 1 for
+    a confident correct prediction, the margin's gradient is zero only where the logits are
+    locally flat in the input, which is the masking symptom we look for.
+    """
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    wrong = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return (wrong - true).sum()
+
+
+def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> CheckOutcome:
+    """Zero or non-finite input gradients of the margin at the clean examples."""
+    with eval_mode(model):
+        grad = input_gradient(model, x, y, margin_loss).flatten(1)
+    nan = int((~torch.isfinite(grad)).any(dim=1).sum())
+    zero = int((grad == 0).all(dim=1).sum())
+    flag = "nan-gradients" if nan else "zero-gradients" if zero else None
+    return CheckOutcome("gradients", flag, f"{zero} zero and {nan} non-finite gradients on {len(x)} examples")
+
+
+def check_randomness(model: nn.Module, x: torch.Tensor, config: CheckConfig) -> CheckOutcome:
+    """Repeated eval-mode forward passes must agree (relative logit difference, and predictions)."""
+    with eval_mode(model), torch.no_grad():
+        runs = [model(x) for _ in range(config.random_repeats)]
+    first = runs[0]
+    scale = first.abs().max().clamp_min(1e-12)
+    change = max(float((run - first).abs().max() / scale) for run in runs[1:])
+    flips = max(int((run.argmax(1) != first.argmax(1)).sum()) for run in runs[1:])
+    flagged = not math.isfinite(change) or change > config.random_tolerance or flips > 0
+    detail = f"max relative logit change {change:.2e}, {flips} changed predictions over {config.random_repeats} passes"
+    return CheckOutcome("randomness", "random-forward" if flagged else None, detail)
+
+
+def _robust(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ~attack(model, x, y).success
+
+
+def check_unbounded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, config: CheckConfig) -> CheckOutcome:
+    """PGD at eps = 1: the ball is all of [0, 1]^d, so a working attack reaches ~0 accuracy."""
+    attack = PGD(1.0, steps=config.unbounded_steps, seed=seed, name="pgd-eps1")
+    acc = _robust(attack, model, x, y).float().mean().item()
+    flag = "unbounded-pgd-not-zero" if acc > config.unbounded_max_acc else None
+    return CheckOutcome("unbounded", flag, f"PGD-{config.unbounded_steps} at eps=1: {100 * acc:.1f}% accuracy")
+
+
+def check_black_box_in_suite(
+    attacks: tuple[Attack, ...], clean: torch.Tensor, robust_after: dict[str, torch.Tensor], config: CheckConfig
+) -> CheckOutcome:
+    """The suite's own black-box attacks (AutoAttack's Square) against what ran before them.
+
+    Every example a black-box attack fools was, by the suite's order, missed by all attacks before
+    it; AutoAttack flags this when it exceeds 0.2% of the examples.
+    """
+    before = clean
+    gained = 0
+    for attack in attacks:
+        after = robust_after[attack.name]
+        if attack.black_box:
+            gained += int((before & ~after).sum())
+        before = after
+    share = gained / len(clean)
+    flag = "black-box-beats-white-box" if share > config.black_box_max_gain else None
+    return CheckOutcome("black-box", flag, f"black-box attacks fooled {gained} of {len(clean)} examples the gradient attacks missed")
+
+
+def check_pgd_steps(r10: torch.Tensor, r100: torch.Tensor, reference: torch.Tensor, config: CheckConfig) -> CheckOutcome:
+    """Flag a PGD-100 plateau only where PGD-10 provably had not converged.
+
+    `r100` = robust to PGD-100 with CE and with the margin loss; `reference` = robust under the
+    other attacks (the suite, Square). The gap = examples that
+    PGD-10 left standing but another attack broke. Without a gap, PGD-100 = PGD-10 just means that
+    PGD-10 had converged, the normal case for a smooth model. With a gap, 10x more steps of a
+    working gradient should convert some of it; if robust accuracy does not drop at all, the
+    steps go nowhere useful (zero, shattered or random gradients).
+    """
+    gap = int((r10 & ~reference).sum())
+    threshold = max(config.min_gap_examples, math.ceil(config.min_gap * len(r10)))
+    stalled = int(r100.sum()) >= int(r10.sum())
+    flag = "pgd-steps-no-gain" if gap >= threshold and stalled else None
+    detail = (
+        f"PGD-10 {100 * r10.float().mean():.1f}%, PGD-{config.long_steps} (CE, margin) {100 * r100.float().mean():.1f}%, "
+        f"{gap} examples broken by other attacks but not by PGD-10 (flag needs >= {threshold})"
+    )
+    return CheckOutcome("pgd-steps", flag, detail)
+
+
+def run_checks(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: AttackSettings,
+    config: CheckConfig,
+    attacks: tuple[Attack, ...],
+    clean: torch.Tensor,
+    robust_after: dict[str, torch.Tensor],
+) -> tuple[CheckOutcome, ...]:
+    """All checks, on the first `config.n_examples` of the evaluated examples x, y.
+
+    `attacks`, `clean` and `robust_after` describe the suite run on all of x (flags on x's device).
+    At eps = 0 no attack can do anything, so only the model-level checks run.
+    """
+    k = min(config.n_examples, len(x))
+    xs, ys = x[:k], y[:k]
+    outcomes = [check_gradients(model, xs, ys), check_randomness(model, xs, config), check_unbounded(model, xs, ys, settings.seed, config)]
+    if settings.eps == 0:
+        return tuple(outcomes)
+    suite_robust = list(robust_after.values())[-1]
+    r10 = _robust(PGD(settings.eps, steps=10, seed=settings.seed), model, xs, ys)
+    # The long attack maximizes both CE and the margin: CE alone can stall on a plain but poorly
+    # fit model (it is not masking when a margin loss on the same gradients succeeds).
+    r100 = _robust(PGD(settings.eps, steps=config.long_steps, seed=settings.seed), model, xs, ys)
+    r100 &= _robust(PGD(settings.eps, steps=config.long_steps, seed=settings.seed, loss_fn=margin_loss), model, xs, ys)
+    if any(attack.black_box for attack in attacks):
+        outcomes.append(check_black_box_in_suite(attacks, clean, robust_after, config))
+        reference = suite_robust[:k]
+    else:
+        reference, black_box = _square_on_survivors(model, xs, ys, settings, config, r10 & suite_robust[:k], r10 & r100)
+        outcomes.append(black_box)
+    outcomes.append(check_pgd_steps(r10, r100, reference, config))
+    return tuple(outcomes)
+
+
+def _square_on_survivors(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: AttackSettings,
+    config: CheckConfig,
+    survivors: torch.Tensor,
+    white_box_robust: torch.Tensor,
+) -> tuple[torch.Tensor, CheckOutcome]:
+    """Square on the examples that the gradient attacks left standing: (robust flags, verdict)."""
+    robust = survivors.clone()
+    todo = survivors.nonzero().flatten()
+    if todo.numel():
+        square = attack_backends.square(settings, n_queries=config.square_queries)
+        robust[todo] = _robust(square, model, x[todo], y[todo])
+    wins = int((white_box_robust & survivors & ~robust).sum())
+    flag = "black-box-beats-white-box" if wins / len(x) > config.black_box_max_gain else None
+    detail = f"Square ({config.square_queries} queries) fooled {wins} of {len(x)} examples that PGD-10 and PGD-{config.long_steps} (CE, margin) missed"
+    return robust, CheckOutcome("black-box", flag, detail)

@@ -1,0 +1,249 @@
+"""`ssmbench eval TARGET`: an attack suite on one checkpoint or on a run's best and last.
+
+Thin: it resolves the target, loads the test split, calls `ssmbench.evaluate.evaluate` with a
+rich progress bar, prints the result table (and Diff = best - last for a run directory) and
+appends one leaderboard row per checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from model_zoo.checkpoints import CheckpointMeta, file_sha256
+from model_zoo.errors import RunError, UsageError
+from ssmbench import __version__, data
+from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES, get_suite_spec
+from ssmbench.checks import FLAGS, CheckConfig
+from ssmbench.cli._common import console, parse_fraction
+from ssmbench.evaluate import EvalResult, evaluate
+from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append, utc_now
+from ssmbench.loading import load_with_meta, resolve_target
+
+AUTOATTACK_EXAMPLES = 2000  # the paper (and RobustBench): AutoAttack on the first 2000 test images
+RUN_KINDS = ("best", "last")
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    """One checkpoint's evaluation and where it came from."""
+
+    name: str  # as recorded in the leaderboard: the path or zoo name the user gave
+    path: Path
+    meta: CheckpointMeta
+    result: EvalResult
+
+
+class _SpeedColumn(ProgressColumn):
+    """Samples per second over rich's recent window (blank until it has two updates)."""
+
+    def render(self, task: Task) -> Text:
+        return Text("" if task.speed is None else f"{task.speed:,.1f} samples/s")
+
+
+def _choose(value: str, choices: tuple[str, ...] | list[str], option: str) -> str:
+    if value not in choices:
+        raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _checkpoints(target: str) -> list[tuple[str, Path]]:
+    """(name, path) pairs: a run directory gives its best and last checkpoints, in that order."""
+    folder = Path(target)
+    if folder.is_dir():
+        found = [(str(folder / f"{kind}.safetensors"), folder / f"{kind}.safetensors") for kind in RUN_KINDS]
+        missing = [path.name for _, path in found if not path.is_file()]
+        if missing:
+            raise UsageError(f"{folder}: a run directory needs best.safetensors and last.safetensors; missing {', '.join(missing)}")
+        return found
+    return [(target, resolve_target(target))]
+
+
+def _test_split(dataset: str, data_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """data's DataError is a ValueError; as input the user can fix, it must exit 2 like a UsageError."""
+    try:
+        return data.load_split(dataset, "test", data_dir)
+    except data.DataError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def default_examples(suite: str, available: int) -> int:
+    """The paper's protocol: AutoAttack on the first 2000 test images, PGD-10 on the whole test set."""
+    return min(AUTOATTACK_EXAMPLES, available) if get_suite_spec(suite).uses_autoattack else available
+
+
+def _state_path(state_dir: Path | None, sha256: str, key: dict[str, object]) -> Path | None:
+    if state_dir is None:
+        return None
+    digest = hashlib.sha256(json.dumps({"checkpoint": sha256, **key}, sort_keys=True).encode()).hexdigest()[:16]
+    return state_dir / f"eval-{digest}.json"
+
+
+def _row(run_id: str, item: _Evaluated, sha256: str) -> ResultRow:
+    meta, result = item.meta, item.result
+    config = meta.config
+    method = str(meta.training.get("method", ""))
+    return ResultRow(
+        run_id=run_id,
+        time=utc_now(),
+        model=item.name,
+        dataset=config.dataset,
+        arch=config.arch,
+        ads=config.ads,
+        attention=config.attention,
+        method=method,
+        train_eps=0.0 if method == "st" else float(meta.training.get("eps", 0.0)),  # standard training has no eps
+        checkpoint_kind=meta.kind,
+        checkpoint_sha256=sha256,
+        threat_model=result.threat_model,
+        eps=result.eps,
+        suite=result.suite,
+        backend=result.backend,
+        backend_version=result.backend_version,
+        n_examples=result.n_examples,
+        clean_acc=result.clean_acc,
+        robust_acc=result.robust_acc,
+        per_attack=result.per_attack,
+        flags=result.flags,
+        seed=result.seed,
+        device=result.device,
+        wall_seconds=result.wall_seconds,
+        ssmbench_version=__version__,
+        torch_version=torch.__version__,
+    )
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _render(target: str, items: list[_Evaluated]) -> None:
+    attacks = list(dict.fromkeys(name for item in items for name in item.result.per_attack))
+    first = items[0].result
+    table = Table(title=f"{target}: {first.suite}, Linf eps = {first.eps:.5g} (accuracy %)", title_justify="left")
+    for column in ("checkpoint", "n", "clean", *attacks, "robust", "flags", "seconds"):
+        table.add_column(column, justify="left" if column in ("checkpoint", "flags") else "right")
+    for item in items:
+        result = item.result
+        cells = [_percent(result.per_attack[name]) if name in result.per_attack else "-" for name in attacks]
+        flags = ", ".join(result.flags) or "none"
+        table.add_row(item.meta.kind or Path(item.name).name, str(result.n_examples), _percent(result.clean_acc), *cells, _percent(result.robust_acc), flags, f"{result.wall_seconds:.1f}")
+    if [item.meta.kind for item in items] == list(RUN_KINDS):  # a run directory: Diff = best - last
+        best, last = (item.result for item in items)
+        diffs = [f"{100 * (best.per_attack[a] - last.per_attack[a]):+.2f}" for a in attacks]
+        table.add_row("Diff", "", f"{100 * (best.clean_acc - last.clean_acc):+.2f}", *diffs, f"{100 * (best.robust_acc - last.robust_acc):+.2f}", "", "")
+    console.print(table)
+    raised = dict.fromkeys(flag for item in items for flag in item.result.flags)
+    for flag in raised:
+        console.print(f"flag {flag}: {FLAGS.get(flag, 'reported by the AutoAttack code itself (see its log warnings)')}")
+
+
+def eval_command(
+    target: str = typer.Argument(..., help="A .safetensors checkpoint, a zoo name, or a run directory (then best and last are evaluated and Diff = best - last is shown)."),
+    attack: str = typer.Option("pgd10", "--attack", help=f"Attack suite: {' | '.join(SUITES)} (all = pgd10, then AutoAttack on what PGD-10 left standing)."),
+    n_examples: int = typer.Option(None, help=f"Evaluate the first N test images. Default, the paper's protocol: {AUTOATTACK_EXAMPLES} (or the whole split if smaller) for autoattack and all, the whole test set for pgd10."),
+    eps: str = typer.Option("8/255", help="Linf radius on [0, 1] images, e.g. 8/255 or 0.03."),
+    backend: str = typer.Option("official", help="AutoAttack implementation: official (the pyautoattack package) | torchattacks."),
+    batch_size: int = typer.Option(256, help="Examples per batch; each batch runs the whole suite."),
+    version: str = typer.Option("standard", help="AutoAttack version: standard | plus | rand (rand for randomized models)."),
+    data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA or ~/.cache/ssmbench/data)."),
+    checks: bool = typer.Option(True, "--checks/--no-checks", help="Run the gradient-masking sanity checks and record their flags."),
+    check_examples: int = typer.Option(CheckConfig.n_examples, help="How many of the evaluated examples the sanity checks use."),
+    leaderboard: Path = typer.Option(DEFAULT_RESULTS, "--leaderboard", help="Results file to append one row per checkpoint to."),
+    no_leaderboard: bool = typer.Option(False, "--no-leaderboard", help="Do not record the results."),
+    seed: int = typer.Option(0, help="Seed of the attacks' random starts."),
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    state_dir: Path = typer.Option(None, help="Keep finished batches here; rerunning the same command after an interruption resumes."),
+) -> None:
+    """Attack a checkpoint (or a run's best and last) with an attack suite and record the result.
+
+    Each attack runs only on the points still robust; the table shows clean accuracy, the robust accuracy after each attack, the worst case, and the sanity-check flags.
+
+    Example: ssmbench eval runs/s4d-pgd-digits --attack autoattack --eps 8/255
+    """
+    suite = _choose(attack, list(SUITES), "--attack")
+    _choose(backend, BACKENDS, "--backend")
+    _choose(version, AUTOATTACK_VERSIONS, "--version")
+    radius = parse_fraction(eps, "--eps")
+    for option, value in (("--n-examples", n_examples), ("--batch-size", batch_size), ("--check-examples", check_examples)):
+        if value is not None and value < 1:
+            raise UsageError(f"{option} must be >= 1, got {value}")
+    if device is not None and device.split(":")[0] not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be cpu or cuda, got {device!r}")
+    options = _Options(suite, radius, batch_size, device, backend, seed, version, CheckConfig(n_examples=check_examples) if checks else None, state_dir)
+    run_id = uuid.uuid4().hex[:12]
+    evaluated: list[_Evaluated] = []
+    rows: list[ResultRow] = []
+    for name, path in _checkpoints(target):
+        item, sha256 = _evaluate_checkpoint(name, path, options, n_examples, data_dir)
+        evaluated.append(item)
+        rows.append(_row(run_id, item, sha256))
+    _render(target, evaluated)
+    if not no_leaderboard:
+        append(leaderboard, rows)
+        console.print(f"appended {len(rows)} row(s) to {leaderboard} (run {run_id})")
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The evaluation settings shared by every checkpoint of one command."""
+
+    suite: str
+    eps: float
+    batch_size: int
+    device: str | None
+    backend: str
+    seed: int
+    version: str
+    checks: CheckConfig | None
+    state_dir: Path | None
+
+
+def _evaluate_checkpoint(
+    name: str, path: Path, options: _Options, n_examples: int | None, data_dir: Path | None
+) -> tuple[_Evaluated, str]:
+    """Load, evaluate under a progress bar; returns the evaluation and the file's sha256.
+
+    A failure inside the attacks (a torch RuntimeError, e.g. out of memory) is a failed run: exit 1.
+    """
+    model, meta = load_with_meta(path)
+    images, labels = _test_split(meta.config.dataset, data_dir)
+    n = n_examples if n_examples is not None else default_examples(options.suite, len(images))
+    if n > len(images):
+        raise UsageError(f"--n-examples {n} exceeds the {len(images)} test images of {meta.config.dataset}")
+    sha256 = file_sha256(path)
+    key = {"suite": options.suite, "version": options.version, "eps": options.eps, "n": n, "backend": options.backend,
+           "seed": options.seed, "batch_size": options.batch_size}
+    label = f"{meta.kind or name} {options.suite}"
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _SpeedColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=n)
+
+        def show(done: int, total: int, attack: str) -> None:
+            bar.update(task, completed=done, description=label + (f" ({attack})" if attack else ""))
+
+        try:
+            result = evaluate(
+                model, images, labels, options.suite, options.eps, n, options.batch_size, options.device, options.backend,
+                options.seed, show, version=options.version, checks=options.checks,
+                state_path=_state_path(options.state_dir, sha256, key),
+            )
+        except RunError:
+            raise
+        except RuntimeError as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise RunError(f"{name}: {options.suite} evaluation failed: {reason}") from exc
+    return _Evaluated(name, path, meta, result), sha256
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

@@ -1,0 +1,244 @@
+"""`evaluate(model, images, labels, suite, eps, ...)`: one attack suite on the first N test examples.
+
+The RobustBench convention: the first `n_examples` of the test split in their fixed order (so two
+evaluations of the same N are on the same images), the model in eval mode, Linf eps on [0, 1]
+images. The data are attacked batch by batch; each batch runs the whole suite (every attack only
+on the points still robust), so the result per example does not depend on what came before it and
+an interrupted run can continue from a per-batch state file and end with exactly the flags an
+uninterrupted run gives.
+
+The library never prints: a `progress(done, total, attack)` callback reports examples done and
+the attack now running ('' between batches); the CLI draws the bar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from model_zoo.checkpoints import atomic_write_bytes, tensors_sha256
+from model_zoo.errors import UsageError
+from ssmbench.attacks import THREAT_MODEL, Attack, AttackSettings, SuiteResult, build_suite, eval_mode, suite_backend, suite_label
+from ssmbench.checks import CheckConfig, CheckOutcome, run_checks
+
+Progress = Callable[[int, int, str], None]
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Per-example flags are the result; every accuracy is derived from them."""
+
+    suite: str  # as recorded: 'autoattack' is the standard version, 'autoattack-plus' etc. otherwise
+    eps: float
+    clean: torch.Tensor  # bool (N,): correctly classified
+    robust: torch.Tensor  # bool (N,): correctly classified after every attack
+    robust_after: dict[str, torch.Tensor]  # attack -> bool (N,) after it, in the order they ran
+    checks: tuple[CheckOutcome, ...]
+    warnings: tuple[str, ...]  # flag codes reported by the attack code itself (AutoAttack's log)
+    backend: str
+    backend_version: str
+    device: str
+    seed: int
+    wall_seconds: float
+    threat_model: str = THREAT_MODEL
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.clean)
+
+    @property
+    def clean_acc(self) -> float:
+        return self.clean.float().mean().item()
+
+    @property
+    def robust_acc(self) -> float:
+        return self.robust.float().mean().item()
+
+    @property
+    def per_attack(self) -> dict[str, float]:
+        return {name: flags.float().mean().item() for name, flags in self.robust_after.items()}
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        found = [outcome.flag for outcome in self.checks if outcome.flag] + list(self.warnings)
+        return tuple(dict.fromkeys(found))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    suite: str,
+    eps: float,
+    n_examples: int | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    backend: str = "official",
+    seed: int = 0,
+    progress: Progress | None = None,
+    *,
+    version: str = "standard",
+    checks: CheckConfig | None = CheckConfig(),
+    state_path: str | Path | None = None,
+) -> EvalResult:
+    """Run `suite` at `eps` on the first `n_examples` (default: all) of images/labels.
+
+    `device` defaults to CUDA when present; the model is moved there and put in eval mode.
+    `checks=None` skips the sanity checks. With `state_path`, finished batches are saved there
+    and a rerun with the same arguments skips them; the file is removed when the run completes.
+    """
+    n = _validate(images, labels, n_examples, batch_size)
+    settings = AttackSettings(eps, backend, version, seed)
+    runner = build_suite(suite, settings)
+    device = torch.device(device) if device is not None else default_device()
+    model = model.to(device)
+    x, y = images[:n], labels[:n]
+    label = suite_label(suite, version)
+    state = _State.open(state_path, _fingerprint(model, x, y, label, settings, batch_size) if state_path else {})
+    report = progress or (lambda done, total, attack: None)
+    with eval_mode(model):
+        report(min(state.done_batches * batch_size, n), n, "")
+        for index, start in enumerate(range(0, n, batch_size)):
+            if index < state.done_batches:
+                continue
+            end = min(start + batch_size, n)
+            began = time.perf_counter()
+            result = runner.run(
+                model, x[start:end].to(device), y[start:end].to(device), on_attack=lambda name, s=start: report(s, n, name)
+            )
+            state.add(result, time.perf_counter() - began)
+            report(end, n, "")
+        began = time.perf_counter()
+        clean, after, warnings = state.flags(runner.attacks)
+        outcomes = () if checks is None else run_checks(
+            model, x.to(device), y.to(device), settings, checks, runner.attacks, clean.to(device),
+            {name: flags.to(device) for name, flags in after.items()},
+        )
+    state.finish()
+    package, package_version = suite_backend(suite, backend)
+    return EvalResult(
+        suite=label,
+        eps=eps,
+        clean=clean,
+        robust=list(after.values())[-1],
+        robust_after=after,
+        checks=outcomes,
+        warnings=warnings,
+        backend=package,
+        backend_version=package_version,
+        device=str(device),
+        seed=seed,
+        wall_seconds=state.seconds + time.perf_counter() - began,
+    )
+
+
+def _validate(images: torch.Tensor, labels: torch.Tensor, n_examples: int | None, batch_size: int) -> int:
+    if images.ndim != 4 or len(images) != len(labels):
+        raise UsageError(f"expected images (N, C, H, W) and N labels, got {tuple(images.shape)} and {tuple(labels.shape)}")
+    n = len(images) if n_examples is None else n_examples
+    if not 1 <= n <= len(images):
+        raise UsageError(f"n_examples must be between 1 and {len(images)} (the split's size), got {n}")
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+    return n
+
+
+def _fingerprint(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, label: str, settings: AttackSettings, batch_size: int
+) -> dict[str, object]:
+    """Everything that decides the per-batch results: a state file is only reused when all match."""
+    data = hashlib.sha256(x.detach().cpu().float().contiguous().numpy().tobytes())
+    data.update(y.detach().cpu().long().numpy().tobytes())
+    weights = {name: (torch.view_as_real(t) if t.is_complex() else t) for name, t in model.state_dict().items()}
+    return {
+        "format": STATE_FORMAT,
+        "suite": label,
+        "eps": settings.eps,
+        "backend": settings.backend,
+        "seed": settings.seed,
+        "batch_size": batch_size,
+        "n_examples": len(x),
+        "model_sha256": tensors_sha256(weights),
+        "data_sha256": data.hexdigest(),
+    }
+
+
+def _bits(flags: torch.Tensor) -> str:
+    return "".join("1" if flag else "0" for flag in flags.tolist())
+
+
+def _unbits(text: str) -> torch.Tensor:
+    return torch.tensor([char == "1" for char in text], dtype=torch.bool)
+
+
+class _State:
+    """Finished batches (flags after each attack, seconds), in memory and, if given a path, on disk.
+
+    The file is rewritten atomically after every batch, so a crash leaves the last good state.
+    """
+
+    def __init__(self, path: Path | None, fingerprint: dict[str, object], batches: list[dict[str, object]]) -> None:
+        self.path = path
+        self.fingerprint = fingerprint
+        self.batches = batches
+
+    @classmethod
+    def open(cls, path: str | Path | None, fingerprint: dict[str, object]) -> "_State":
+        if path is None:
+            return cls(None, fingerprint, [])
+        path = Path(path)
+        if not path.exists():
+            return cls(path, fingerprint, [])
+        try:
+            saved = json.loads(path.read_text())
+            batches = list(saved["batches"])
+            matches = saved["fingerprint"] == json.loads(json.dumps(fingerprint))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{path}: unreadable evaluation state ({exc}); delete it to start over") from None
+        if not matches:
+            raise UsageError(f"{path}: the saved state belongs to another evaluation (model, data or settings differ); delete it to start over")
+        return cls(path, fingerprint, batches)
+
+    @property
+    def done_batches(self) -> int:
+        return len(self.batches)
+
+    @property
+    def seconds(self) -> float:
+        return sum(float(batch["seconds"]) for batch in self.batches)
+
+    def add(self, result: SuiteResult, seconds: float) -> None:
+        self.batches.append(
+            {
+                "clean": _bits(result.clean),
+                "after": {name: _bits(flags) for name, flags in result.robust_after.items()},
+                "warnings": list(result.warnings),
+                "seconds": seconds,
+            }
+        )
+        if self.path is not None:
+            payload = {"fingerprint": self.fingerprint, "batches": self.batches}
+            atomic_write_bytes(self.path, json.dumps(payload).encode())
+
+    def flags(self, attacks: tuple[Attack, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[str, ...]]:
+        """(clean, robust after each attack, warnings) over all batches, on the CPU."""
+        clean = torch.cat([_unbits(batch["clean"]) for batch in self.batches])
+        after = {a.name: torch.cat([_unbits(batch["after"][a.name]) for batch in self.batches]) for a in attacks}
+        warnings = dict.fromkeys(w for batch in self.batches for w in batch["warnings"])
+        return clean, after, tuple(warnings)
+
+    def finish(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
