@@ -180,9 +180,11 @@ def run_checks(
     clean: torch.Tensor,
     robust_after: dict[str, torch.Tensor],
 ) -> tuple[CheckOutcome, ...]:
-    """All checks, on the first `config.n_examples` of the evaluated examples x, y.
+    """All checks, on the first `config.n_examples` of the evaluated examples.
 
-    `attacks`, `clean` and `robust_after` describe the suite run on all of x (flags on x's device).
+    x, y: the evaluated examples in order (at least the first n_examples of them, on the model's
+    device); `attacks`, `clean` and `robust_after` describe the suite run on all evaluated
+    examples (flags on the same device).
     At eps = 0 no attack can do anything, so only the model-level checks run.
     """
     k = min(config.n_examples, len(x))

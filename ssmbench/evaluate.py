@@ -123,8 +123,8 @@ def evaluate(
         began = time.perf_counter()
         clean, after, warnings = state.flags(runner.attacks)
         outcomes = () if checks is None else run_checks(
-            model, x.to(device), y.to(device), settings, checks, runner.attacks, clean.to(device),
-            {name: flags.to(device) for name, flags in after.items()},
+            model, x[: checks.n_examples].to(device), y[: checks.n_examples].to(device), settings, checks,
+            runner.attacks, clean.to(device), {name: flags.to(device) for name, flags in after.items()},
         )
     state.finish()
     package, package_version = suite_backend(suite, backend)

@@ -72,11 +72,13 @@ def test_eval_of_a_run_directory_reports_best_last_and_diff(run_dir, tmp_path, c
     assert f"{100 * (best.robust_acc - last.robust_acc):+.2f}" in out
 
 
-def test_no_leaderboard_writes_nothing(run_dir, tmp_path) -> None:
-    results = tmp_path / "results.parquet"
-    argv = ["eval", str(run_dir / "last.safetensors"), "--n-examples", "8", "--no-checks", "--no-leaderboard", "--leaderboard", str(results)]
+def test_no_leaderboard_writes_nothing_and_a_finished_run_leaves_no_state(run_dir, tmp_path) -> None:
+    results, state_dir = tmp_path / "results.parquet", tmp_path / "state"
+    argv = ["eval", str(run_dir / "last.safetensors"), "--n-examples", "8", "--batch-size", "4", "--no-checks",
+            "--no-leaderboard", "--leaderboard", str(results), "--state-dir", str(state_dir)]
     assert main(argv) == 0
     assert not results.exists()
+    assert state_dir.is_dir() and not any(state_dir.iterdir())
 
 
 def test_default_example_counts_follow_the_paper() -> None:

@@ -68,14 +68,6 @@ def _checkpoints(target: str) -> list[tuple[str, Path]]:
     return [(target, resolve_target(target))]
 
 
-def _test_split(dataset: str, data_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """data's DataError is a ValueError; as input the user can fix, it must exit 2 like a UsageError."""
-    try:
-        return data.load_split(dataset, "test", data_dir)
-    except data.DataError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def default_examples(suite: str, available: int) -> int:
     """The paper's protocol: AutoAttack on the first 2000 test images, PGD-10 on the whole test set."""
     return min(AUTOATTACK_EXAMPLES, available) if get_suite_spec(suite).uses_autoattack else available
@@ -216,7 +208,7 @@ def _evaluate_checkpoint(
     A failure inside the attacks (a torch RuntimeError, e.g. out of memory) is a failed run: exit 1.
     """
     model, meta = load_with_meta(path)
-    images, labels = _test_split(meta.config.dataset, data_dir)
+    images, labels = data.load_split(meta.config.dataset, "test", data_dir)
     n = n_examples if n_examples is not None else default_examples(options.suite, len(images))
     if n > len(images):
         raise UsageError(f"--n-examples {n} exceeds the {len(images)} test images of {meta.config.dataset}")
