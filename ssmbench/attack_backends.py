@@ -1,7 +1,11 @@
 """AutoAttack's attacks from two implementations, each attack one step of an ssmbench suite.
 
 `official` runs the authors' code from the `pyautoattack` package; `torchattacks` runs
-torchattacks.AutoAttack's reimplementation with the same version, seed and class count. Each part
+torchattacks.AutoAttack's reimplementation with the same version, seed and class count. The two
+are not the same attack: torchattacks 3.5.1 builds APGD, APGD-T and FAB with their class defaults
+of 10 iterations where the authors' code runs 100, and its APGD-T / FAB-T target n_classes - 1
+classes where the official code targets 9 (the same for 10 classes). It is faster and may be
+weaker; `official` is the default and the paper's protocol. Each part
 (APGD-CE, APGD-T, FAB-T, Square for 'standard') is a separate `Attack`, so a suite reports the
 robust accuracy after each of them and the sanity checks can see what the black-box Square found
 that the gradient attacks missed.

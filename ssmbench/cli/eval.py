@@ -144,7 +144,7 @@ def eval_command(
     attack: str = typer.Option("pgd10", "--attack", help=f"Attack suite: {' | '.join(SUITES)} (all = pgd10, then AutoAttack on what PGD-10 left standing)."),
     n_examples: int = typer.Option(None, help=f"Evaluate the first N test images. Default, the paper's protocol: {AUTOATTACK_EXAMPLES} (or the whole split if smaller) for autoattack and all, the whole test set for pgd10."),
     eps: str = typer.Option("8/255", help="Linf radius on [0, 1] images, e.g. 8/255 or 0.03."),
-    backend: str = typer.Option("official", help="AutoAttack implementation: official (the pyautoattack package) | torchattacks."),
+    backend: str = typer.Option("official", help="AutoAttack implementation: official (the authors' code, pyautoattack) | torchattacks (faster: its APGD, APGD-T and FAB run 10 iterations, not 100, so it can be weaker)."),
     batch_size: int = typer.Option(256, help="Examples per batch; each batch runs the whole suite."),
     version: str = typer.Option("standard", help="AutoAttack version: standard | plus | rand (rand for randomized models)."),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA or ~/.cache/ssmbench/data)."),
