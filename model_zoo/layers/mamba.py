@@ -1,0 +1,273 @@
+"""Mamba (Mamba-1): a selective SSM whose dt, B and C are computed from the input.
+
+Per channel d and state n the recurrence is
+
+    h_t[d, n] = exp(dt_t[d] A[d, n]) h_{t-1}[d, n] + dt_t[d] u_t[d] B_t[n],   y_t[d] = sum_n C_t[n] h_t[d, n].
+
+The state sequence has batch * L * d_inner * d_state entries (411 M for batch 64, L 784,
+d_inner 128, d_state 64): nothing of that size may be kept for backward, and every pass over it
+costs. `selective_scan` therefore works on tiles of (a few sequences) x (one chunk of time steps) x
+d_inner x d_state sized to stay in cache. Chunks run one after the other carrying the state (the
+only Python loop besides the one over batch blocks); inside a chunk the recurrence is solved by
+cyclic reduction (`scan.plan_linear_scan`: log-depth, no loop over time steps). A hand-written
+backward recomputes each tile from the state saved at its chunk start and runs the exact adjoint of
+that reduction, reusing its coefficient products. Only decays exp(dt A) <= 1 and their products are
+ever formed, so nothing can overflow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from model_zoo.errors import ZooError
+from model_zoo.layers.base import SSMMixer, log_dt_init, register_mixer
+from model_zoo.layers.scan import ScanPlan, plan_linear_scan, plan_linear_scan_adjoint
+
+# Elements of one (batch block x chunk x d_inner x d_state) work tile: the 4 buffers of this size
+# (1 MiB each in float32) stay in cache, and each operation is still large enough that Python
+# overhead stays small. The batch block never drops below one sequence.
+TILE_ELEMENTS = 1 << 18
+_LOG2_E = 1.0 / math.log(2.0)
+_LOG2_FLOOR = -120.0
+
+
+def selective_scan_sequential(
+    u: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor
+) -> torch.Tensor:
+    """Reference: the recurrence one time step at a time, differentiated by autograd.
+
+    u, dt: (B, L, D); a: (D, N); b, c: (B, L, N). Returns y: (B, L, D). For tests and benchmarks.
+    """
+    h = u.new_zeros(u.shape[0], u.shape[2], a.shape[1])
+    outputs = []
+    for t in range(u.shape[1]):
+        h = torch.exp(dt[:, t, :, None] * a) * h + (dt[:, t] * u[:, t])[:, :, None] * b[:, t, None, :]
+        outputs.append((h * c[:, t, None, :]).sum(-1))
+    return torch.stack(outputs, dim=1)
+
+
+@dataclass
+class _Tile:
+    """Work buffers of one tile shape (batch block, chunk, D, N) and the scan plans bound to them."""
+
+    decay: torch.Tensor
+    states: torch.Tensor
+    scan: ScanPlan
+    adjoint: torch.Tensor | None = None
+    scratch: torch.Tensor | None = None
+    adjoint_scan: ScanPlan | None = None
+
+
+class _Tiles:
+    """Flat buffers reused by every tile; views and plans are built once per tile shape (at most
+    four: full, short last chunk, short last batch block, both)."""
+
+    def __init__(self, max_elements: int, like: torch.Tensor, for_backward: bool) -> None:
+        self.flat = [like.new_empty(max_elements) for _ in range(4 if for_backward else 2)]
+        self.for_backward = for_backward
+        self.cache: dict[tuple[int, ...], _Tile] = {}
+
+    def get(self, shape: tuple[int, ...]) -> _Tile:
+        if shape not in self.cache:
+            size = math.prod(shape)
+            views = [buffer[:size].view(shape) for buffer in self.flat]
+            if self.for_backward:
+                decay, states, adjoint, scratch = views
+                # Keep decay intact (the gradient needs it) and the level products for the adjoint.
+                scan = plan_linear_scan(decay, states, keep_in=scratch)
+                tile = _Tile(decay, states, scan, adjoint, scratch, plan_linear_scan_adjoint(scan, adjoint))
+            else:
+                decay, states = views
+                tile = _Tile(decay, states, plan_linear_scan(decay, states))
+            self.cache[shape] = tile
+        return self.cache[shape]
+
+
+def _tiling(batch: int, length: int, width: int, chunk_size: int) -> tuple[int, list[tuple[int, int]]]:
+    """Batch block size and the (start, stop) time range of every chunk."""
+    chunk = max(1, min(chunk_size, length))
+    block = max(1, min(batch, TILE_ELEMENTS // (chunk * width)))
+    return block, [(t0, min(t0 + chunk, length)) for t0 in range(0, length, chunk)]
+
+
+def _needs_floor(dt: torch.Tensor, a_log2: torch.Tensor) -> bool:
+    """Whether some dt A log2(e) may fall below the floor (needs dt |A| > 83: rare, so usually skipped)."""
+    return bool(dt.max() * -a_log2.min() > -_LOG2_FLOOR)
+
+
+def _fill_tile(
+    tile: _Tile, dt: torch.Tensor, dtu: torch.Tensor, a_log2: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
+    floor: bool,
+) -> None:
+    """Fill the tile's decay with exp(dt A) and its states with the scan inputs, h0 folded in.
+
+    exp(x) is computed as exp2(x log2 e): torch's exp2 is about 3x faster than exp on CPU. Both fall
+    into a slow path (10-30x) for results below the float32 normal range, so with `floor` the
+    exponent is first clamped at -120 (2^-120 ~ 1e-36, a change that float32 sums cannot resolve).
+    """
+    torch.mul(dt[..., None], a_log2, out=tile.decay)
+    if floor:
+        tile.decay.clamp_(min=_LOG2_FLOOR)
+    tile.decay.exp2_()
+    torch.mul(dtu[..., None], b[:, :, None, :], out=tile.states)
+    tile.states[:, 0].addcmul_(tile.decay[:, 0], h0)
+
+
+def _contract_state(x: torch.Tensor, v: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """sum_n x[b, t, d, n] v[b, t, n] -> (b, t, d); a multiply and a reduction in cache beat
+    batched matrix-vector products (4-8x on CPU)."""
+    return torch.mul(x, v[:, :, None, :], out=scratch).sum(-1)
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """y = C . h for the selective recurrence; see `selective_scan`."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, u: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+        chunk_size: int,
+    ) -> torch.Tensor:
+        # Tiles are sliced from these hundreds of times: make them dense once.
+        u, dt, a, b, c = (t.contiguous() for t in (u, dt, a, b, c))
+        batch, length, width = u.shape
+        n_state = a.shape[1]
+        block, chunks = _tiling(batch, length, width * n_state, chunk_size)
+        tiles = _Tiles(block * (chunks[0][1] - chunks[0][0]) * width * n_state, u, for_backward=False)
+        a_log2 = a * _LOG2_E
+        floor = _needs_floor(dt, a_log2)
+        dtu = dt * u
+        y = u.new_empty(batch, length, width)
+        starts = u.new_empty(batch, len(chunks), width, n_state)
+        for b0 in range(0, batch, block):
+            rows = slice(b0, min(b0 + block, batch))
+            h = u.new_zeros(rows.stop - b0, width, n_state)
+            for j, (t0, t1) in enumerate(chunks):
+                starts[rows, j] = h
+                tile = tiles.get((rows.stop - b0, t1 - t0, width, n_state))
+                _fill_tile(tile, dt[rows, t0:t1], dtu[rows, t0:t1], a_log2, b[rows, t0:t1], h, floor)
+                tile.scan.run()  # clobbers decay, which then serves as scratch
+                y[rows, t0:t1] = _contract_state(tile.states, c[rows, t0:t1], tile.decay)
+                h = tile.states[:, -1].clone()
+        ctx.save_for_backward(u, dt, a, b, c, starts)
+        ctx.chunk_size = chunk_size
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        u, dt, a, b, c, starts = ctx.saved_tensors
+        grad_y = grad_y.contiguous()
+        batch, length, width = u.shape
+        n_state = a.shape[1]
+        block, chunks = _tiling(batch, length, width * n_state, ctx.chunk_size)
+        tiles = _Tiles(block * (chunks[0][1] - chunks[0][0]) * width * n_state, u, for_backward=True)
+        a_log2 = a * _LOG2_E
+        floor = _needs_floor(dt, a_log2)
+        dtu = dt * u
+        grad_dtu = torch.empty_like(u)
+        grad_dt = torch.empty_like(dt)
+        grad_a = torch.zeros_like(a)
+        grad_b = torch.empty_like(b)
+        grad_c = torch.empty_like(c)
+        for b0 in range(0, batch, block):
+            rows = slice(b0, min(b0 + block, batch))
+            # carry = a_{t+1} lambda_{t+1} at the first step of the chunk after the current one.
+            carry = u.new_zeros(rows.stop - b0, width, n_state)
+            for j in reversed(range(len(chunks))):
+                t0, t1 = chunks[j]
+                tile = tiles.get((rows.stop - b0, t1 - t0, width, n_state))
+                decay, states, adjoint, scratch = tile.decay, tile.states, tile.adjoint, tile.scratch
+                h0 = starts[rows, j]
+                _fill_tile(tile, dt[rows, t0:t1], dtu[rows, t0:t1], a_log2, b[rows, t0:t1], h0, floor)
+                tile.scan.run()
+                # lambda_t = dL/dh_t: the adjoint of the scan applied to C_t gy_t (+ later chunks).
+                gy = grad_y[rows, t0:t1]
+                torch.mul(gy[..., None], c[rows, t0:t1, None, :], out=adjoint)
+                adjoint[:, -1].add_(carry)
+                tile.adjoint_scan.run()
+                carry = decay[:, 0] * adjoint[:, 0]
+                grad_dtu[rows, t0:t1] = _contract_state(adjoint, b[rows, t0:t1], scratch)
+                grad_b[rows, t0:t1] = torch.matmul(dtu[rows, t0:t1, None, :], adjoint)[:, :, 0]
+                grad_c[rows, t0:t1] = torch.matmul(gy[:, :, None, :], states)[:, :, 0]
+                # dL/d(dt A) = lambda_t a_t h_{t-1}, overwriting buffers no longer needed.
+                grad_log_decay = adjoint.mul_(decay)
+                grad_log_decay[:, 1:].mul_(states[:, :-1])
+                grad_log_decay[:, 0].mul_(h0)
+                grad_a += torch.mul(grad_log_decay, dt[rows, t0:t1, :, None], out=scratch).sum((0, 1))
+                grad_dt[rows, t0:t1] = torch.mul(grad_log_decay, a, out=scratch).sum(-1)
+        grad_dt += grad_dtu * u
+        return grad_dtu * dt, grad_dt, grad_a, grad_b, grad_c, None
+
+
+def selective_scan(
+    u: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, chunk_size: int = 64
+) -> torch.Tensor:
+    """Chunked parallel selective scan: y_t = sum_n C_t[n] h_t[:, n] (no D skip).
+
+    u, dt: (B, L, D) with dt > 0; a: (D, N) with a < 0; b, c: (B, L, N). Returns (B, L, D).
+    Any L works: the last chunk is simply shorter. Memory beyond the inputs is the state at each
+    chunk start (B * ceil(L / chunk_size) * D * N) plus four cache-sized work tiles.
+    """
+    if chunk_size < 1:
+        raise ZooError(f"chunk_size must be a positive integer, got {chunk_size}")
+    return _SelectiveScan.apply(u, dt, a, b, c, chunk_size)
+
+
+def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    """y with softplus(y) = x, for x > 0."""
+    return x + torch.log(-torch.expm1(-x))
+
+
+@register_mixer("mamba", causal=True)
+class MambaMixer(SSMMixer):
+    """Mamba: selective SSM (input-dependent dt, B, C), causal depthwise conv, SiLU gate."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        ads: str = "none",
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | None = None,
+        chunk_size: int = 64,
+    ) -> None:
+        if chunk_size < 1 or d_conv < 1 or expand < 1:
+            raise ZooError(f"mamba needs positive chunk_size, d_conv and expand; got {chunk_size}, {d_conv}, {expand}")
+        d_inner = expand * d_model
+        super().__init__(d_model, d_inner, ads)
+        self.d_state = d_state
+        self.chunk_size = chunk_size
+        self.dt_rank = dt_rank if dt_rank is not None else math.ceil(d_model / 16)
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        # Depthwise and causal: pad d_conv - 1 steps on both sides, keep the first L outputs.
+        self.conv = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, d_inner)
+        with torch.no_grad():
+            # Mamba's init: small random dt_proj weights, and a bias that makes softplus(bias),
+            # the initial dt, log-uniform in [1e-3, 1e-1].
+            bound = self.dt_rank**-0.5
+            self.dt_proj.weight.uniform_(-bound, bound)
+            self.dt_proj.bias.copy_(inverse_softplus(torch.exp(log_dt_init(d_inner))))
+        # S4D-real: A[d, n] = -(n + 1), stored as log(-A) so that A stays negative.
+        self.a_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.d = nn.Parameter(torch.ones(d_inner))
+
+    def selective_inputs(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """dt (B, L, d_inner) > 0 and B, C (B, L, d_state), all computed from the scan input u."""
+        dt_low, b, c = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.softplus(self.dt_proj(dt_low)), b, c
+
+    def core(self, x: torch.Tensor) -> torch.Tensor:
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        u = F.silu(self.conv(u.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2))
+        dt, b, c = self.selective_inputs(u)
+        y = selective_scan(u, dt, -torch.exp(self.a_log), b, c, self.chunk_size) + self.d * u
+        return y * F.silu(z)
