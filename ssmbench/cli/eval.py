@@ -13,7 +13,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -21,13 +20,14 @@ from rich.text import Text
 
 from model_zoo.checkpoints import CheckpointMeta, file_sha256
 from model_zoo.errors import RunError, UsageError
-from ssmbench import __version__, data
+from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES, get_suite_spec
 from ssmbench.checks import FLAGS, CheckConfig
 from ssmbench.cli._common import console, parse_fraction
 from ssmbench.evaluate import EvalResult, evaluate
-from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append, utc_now
+from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append
 from ssmbench.loading import load_with_meta, resolve_target
+from ssmbench.records import result_row
 
 AUTOATTACK_EXAMPLES = 2000  # the paper (and RobustBench): AutoAttack on the first 2000 test images
 RUN_KINDS = ("best", "last")
@@ -80,40 +80,6 @@ def _state_path(state_dir: Path | None, sha256: str, key: dict[str, object]) -> 
     return state_dir / f"eval-{digest}.json"
 
 
-def _row(run_id: str, item: _Evaluated, sha256: str) -> ResultRow:
-    meta, result = item.meta, item.result
-    config = meta.config
-    method = str(meta.training.get("method", ""))
-    return ResultRow(
-        run_id=run_id,
-        time=utc_now(),
-        model=item.name,
-        dataset=config.dataset,
-        arch=config.arch,
-        ads=config.ads,
-        attention=config.attention,
-        method=method,
-        train_eps=0.0 if method == "st" else float(meta.training.get("eps", 0.0)),  # standard training has no eps
-        checkpoint_kind=meta.kind,
-        checkpoint_sha256=sha256,
-        threat_model=result.threat_model,
-        eps=result.eps,
-        suite=result.suite,
-        backend=result.backend,
-        backend_version=result.backend_version,
-        n_examples=result.n_examples,
-        clean_acc=result.clean_acc,
-        robust_acc=result.robust_acc,
-        per_attack=result.per_attack,
-        flags=result.flags,
-        seed=result.seed,
-        device=result.device,
-        wall_seconds=result.wall_seconds,
-        ssmbench_version=__version__,
-        torch_version=torch.__version__,
-    )
-
-
 def _percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
@@ -144,7 +110,7 @@ def eval_command(
     attack: str = typer.Option("pgd10", "--attack", help=f"Attack suite: {' | '.join(SUITES)} (all = pgd10, then AutoAttack on what PGD-10 left standing)."),
     n_examples: int = typer.Option(None, help=f"Evaluate the first N test images. Default, the paper's protocol: {AUTOATTACK_EXAMPLES} (or the whole split if smaller) for autoattack and all, the whole test set for pgd10."),
     eps: str = typer.Option("8/255", help="Linf radius on [0, 1] images, e.g. 8/255 or 0.03."),
-    backend: str = typer.Option("official", help="AutoAttack implementation: official (the authors' code, pyautoattack) | torchattacks (faster: its APGD, APGD-T and FAB run 10 iterations, not 100, so it can be weaker)."),
+    backend: str = typer.Option("official", help="AutoAttack implementation: official (the authors' code, pyautoattack) | torchattacks (its reimplementation, run with the same 100-iteration, 9-target budget)."),
     batch_size: int = typer.Option(256, help="Examples per batch; each batch runs the whole suite."),
     version: str = typer.Option("standard", help="AutoAttack version: standard | plus | rand (rand for randomized models)."),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA or ~/.cache/ssmbench/data)."),
@@ -178,7 +144,7 @@ def eval_command(
     for name, path in _checkpoints(target):
         item, sha256 = _evaluate_checkpoint(name, path, options, n_examples, data_dir)
         evaluated.append(item)
-        rows.append(_row(run_id, item, sha256))
+        rows.append(result_row(run_id, item.name, item.meta, item.result, sha256))
     _render(target, evaluated)
     if not no_leaderboard:
         append(leaderboard, rows)
