@@ -9,7 +9,7 @@ every architecture.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -60,10 +60,40 @@ def get_mixer(name: str) -> MixerSpec:
         raise ZooError(f"unknown architecture {name!r}; choose one of {', '.join(sorted(MIXERS))}") from None
 
 
+class EvalCache:
+    """Memoizes a function of a module's parameters while the module is in eval mode.
+
+    Attacks run tens to thousands of forward/backward passes through frozen weights; an LTI
+    SSM's convolution kernel depends only on the weights, so recomputing it every pass is waste.
+    The key holds every parameter's storage address and version counter: an optimizer step or
+    `load_state_dict` (both write in place) bumps the version, `.to(device)` changes the address,
+    so a stale kernel is never served. In train mode nothing is cached and gradients flow to the
+    parameters as usual; in eval mode the cached value is a constant (computed without autograd),
+    which is what attacks need (input gradients only).
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._value: Any = None
+
+    def get(self, module: nn.Module, extra_key: tuple, compute: Callable[[], Any]) -> Any:
+        if module.training:
+            self._key = self._value = None
+            return compute()
+        key = (extra_key, tuple((p.data_ptr(), p._version) for p in module.parameters()))
+        if key != self._key:
+            with torch.no_grad():
+                self._value = compute()
+            self._key = key
+        return self._value
+
+
 class SSMMixer(nn.Module):
     """Base for SSM mixers: y = out_proj(ads(core(x))).
 
-    Subclasses build their parameters and implement `core(x) -> (B, L, d_inner)`.
+    Subclasses build their parameters and implement `core(x) -> (B, L, d_inner)`. LTI mixers
+    implement `kernel(length) -> (H, L)` and call `causal_conv(u)`, which caches the kernel's
+    spectrum in eval mode (EvalCache).
     """
 
     def __init__(self, d_model: int, d_inner: int, ads: str = "none") -> None:
@@ -74,6 +104,19 @@ class SSMMixer(nn.Module):
         self.d_inner = d_inner
         self.ads = build_ads(d_inner, ads)
         self.out_proj = nn.Linear(d_inner, d_model)
+        self.eval_cache = EvalCache()
+
+    def kernel(self, length: int) -> torch.Tensor:  # pragma: no cover - abstract for LTI mixers
+        raise NotImplementedError(f"{type(self).__name__} is not a convolutional SSM")
+
+    def causal_conv(self, u: torch.Tensor) -> torch.Tensor:
+        """u (B, H, L) convolved causally with `kernel(L)`; the kernel spectrum is cached in eval mode."""
+        length = u.shape[-1]
+        n = fft_size(length)
+        spectrum = self.eval_cache.get(
+            self, ("conv", length, n, u.device, u.dtype), lambda: torch.fft.rfft(self.kernel(length).to(u.dtype), n=n)
+        )
+        return torch.fft.irfft(torch.fft.rfft(u, n=n) * spectrum, n=n)[..., :length]
 
     def core(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -88,12 +131,23 @@ def log_dt_init(n: int, dt_min: float = 1e-3, dt_max: float = 1e-1) -> torch.Ten
     return u * (torch.log(torch.tensor(dt_max)) - torch.log(torch.tensor(dt_min))) + torch.log(torch.tensor(dt_min))
 
 
+def fft_size(length: int) -> int:
+    """FFT length for a causal convolution of `length` samples: 2L.
+
+    Zero-padding to >= 2L - 1 makes the circular convolution causal. 2L is even and, for the
+    lengths we use (64, 784, 1024, 3072, 4096), measured faster on CPU than the next 5-smooth size
+    or the next power of two (L=784: 2L=1568 336 ms vs 1600 367 ms vs 2048 446 ms for a
+    64x128 batch, rfft + irfft, one thread).
+    """
+    return 2 * length
+
+
 def fft_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Causal convolution y[t] = sum_{s<=t} k[s] u[t-s] along the last axis via FFT.
 
-    u: (..., H, L), k: (H, L) real. Zero-padding to 2L makes the circular convolution causal.
+    u: (..., H, L), k: (H, L) real.
     """
     length = u.shape[-1]
-    n = 2 * length
+    n = fft_size(length)
     y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
     return y[..., :length]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model_zoo.layers.base import SSMMixer, fft_causal_conv, log_dt_init, register_mixer
+from model_zoo.layers.base import SSMMixer, log_dt_init, register_mixer
 from model_zoo.layers.s4 import legs_nplr
 
 
@@ -77,5 +77,5 @@ class DSSMixer(SSMMixer):
 
     def core(self, x: torch.Tensor) -> torch.Tensor:
         u = x.transpose(1, 2)  # (B, H, L)
-        y = fft_causal_conv(u, self.kernel(u.shape[-1])) + self.d[:, None] * u
+        y = self.causal_conv(u) + self.d[:, None] * u
         return y.transpose(1, 2)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from model_zoo.errors import ZooError
-from model_zoo.layers.base import SSMMixer, fft_causal_conv, log_dt_init, register_mixer
+from model_zoo.layers.base import SSMMixer, log_dt_init, register_mixer
 
 
 @dataclass(frozen=True)
@@ -142,5 +142,5 @@ class S4Mixer(SSMMixer):
 
     def core(self, x: torch.Tensor) -> torch.Tensor:
         u = x.transpose(1, 2)  # (B, H, L)
-        y = fft_causal_conv(u, self.kernel(u.shape[-1])) + self.d[:, None] * u
+        y = self.causal_conv(u) + self.d[:, None] * u
         return y.transpose(1, 2)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from model_zoo.errors import ZooError
-from model_zoo.layers.base import SSMMixer, fft_causal_conv, log_dt_init, register_mixer
+from model_zoo.layers.base import SSMMixer, log_dt_init, register_mixer
 
 
 def s4d_init_imag(n_modes: int, d_state: int, init: str) -> torch.Tensor:
@@ -31,12 +31,16 @@ def zoh_diagonal_kernel(
 ) -> torch.Tensor:
     """K[h, l] = 2 Re sum_n C[h,n] * dB[h,n] * dA[h,n]^l with ZOH dA = exp(dt A), dB = (dA - 1)/A * B.
 
-    The factor 2 Re accounts for the implied conjugate modes.
+    The factor 2 Re accounts for the implied conjugate modes. The (H, N/2, L) Vandermonde part is
+    evaluated in real arithmetic, Re(W e^{(p + iq) l}) = e^{p l} (Re W cos(q l) - Im W sin(q l)):
+    that is exact, and real exp/cos/sin are several times cheaper than a complex exp on CPU.
     """
     dt_a = torch.exp(log_dt)[:, None] * a  # (H, N2)
-    d_b = (torch.exp(dt_a) - 1) / a * b
-    powers = torch.exp(dt_a[..., None] * torch.arange(length, device=a.device))  # (H, N2, L)
-    return 2 * torch.einsum("hn,hnl->hl", c * d_b, powers).real
+    weights = c * (torch.exp(dt_a) - 1) / a * b
+    steps = torch.arange(length, device=a.device, dtype=log_dt.dtype)
+    decay = torch.exp(dt_a.real[..., None] * steps)  # (H, N2, L)
+    phase = dt_a.imag[..., None] * steps
+    return 2 * (torch.einsum("hn,hnl->hl", weights.real, decay * torch.cos(phase)) - torch.einsum("hn,hnl->hl", weights.imag, decay * torch.sin(phase)))
 
 
 @register_mixer("s4d", causal=True)
@@ -65,5 +69,5 @@ class S4DMixer(SSMMixer):
 
     def core(self, x: torch.Tensor) -> torch.Tensor:
         u = x.transpose(1, 2)  # (B, H, L)
-        y = fft_causal_conv(u, self.kernel(u.shape[-1])) + self.d[:, None] * u
+        y = self.causal_conv(u) + self.d[:, None] * u
         return y.transpose(1, 2)

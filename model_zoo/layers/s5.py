@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from model_zoo.errors import ZooError
-from model_zoo.layers.base import SSMMixer, log_dt_init, register_mixer
+from model_zoo.layers.base import SSMMixer, fft_size, log_dt_init, register_mixer
 
 
 def hippo_legs(n: int) -> torch.Tensor:
@@ -88,16 +88,23 @@ class S5Mixer(SSMMixer):
         dt_lam, b_bar = self._zoh()
         return torch.exp(dt_lam), b_bar, torch.view_as_complex(self.c), self.d
 
-    def core(self, x: torch.Tensor) -> torch.Tensor:
+    def _state_operators(self, length: int, n: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B_bar (P/2, H), spectrum of Lambda_bar^l zero-padded to n (n, P/2)): weights only."""
         dt_lam, b_bar = self._zoh()
-        c = torch.view_as_complex(self.c)
-        length = x.shape[1]
-        # B_bar u as two real matmuls (u is real), then the causal convolution along time (dim 1)
-        # with Lambda_bar^l = exp(l dt Lambda), zero-padded to 2L so that it is not circular.
-        bu = torch.complex(x @ b_bar.real.T, x @ b_bar.imag.T)  # (B, L, P/2)
         steps = torch.arange(length, device=x.device, dtype=x.dtype)
         kernel = torch.exp(steps[:, None] * dt_lam)  # (L, P/2)
-        n = 2 * length
-        spectrum = torch.fft.fft(bu, n=n, dim=1) * torch.fft.fft(kernel, n=n, dim=0)
+        return b_bar, torch.fft.fft(kernel, n=n, dim=0)
+
+    def core(self, x: torch.Tensor) -> torch.Tensor:
+        c = torch.view_as_complex(self.c)
+        length = x.shape[1]
+        n = fft_size(length)
+        b_bar, kernel_spectrum = self.eval_cache.get(
+            self, ("s5", length, n, x.device, x.dtype), lambda: self._state_operators(length, n, x)
+        )
+        # B_bar u as two real matmuls (u is real), then the causal convolution along time (dim 1)
+        # with Lambda_bar^l = exp(l dt Lambda), zero-padded so that it is not circular.
+        bu = torch.complex(x @ b_bar.real.T, x @ b_bar.imag.T)  # (B, L, P/2)
+        spectrum = torch.fft.fft(bu, n=n, dim=1) * kernel_spectrum
         states = torch.fft.ifft(spectrum, n=n, dim=1)[:, :length]
         return 2 * (states.real @ c.real.T - states.imag @ c.imag.T) + self.d * x

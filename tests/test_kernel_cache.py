@@ -1,0 +1,88 @@
+"""Eval-mode kernel caching: same numbers, computed once, never stale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model_zoo import build_model
+
+LTI = ["s4", "dss", "s4d", "s5"]
+SMALL = {"d_model": 16, "d_state": 8, "n_layers": 2}
+
+
+def count_kernel_builds(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    for mixer in (block.mixer for block in model.blocks):
+        name = "_state_operators" if hasattr(mixer, "_state_operators") else "kernel"
+        original = getattr(mixer, name)
+
+        def counted(*args, _original=original, **kwargs):
+            calls[0] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(mixer, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("arch", LTI)
+def test_cached_eval_forward_equals_uncached_and_builds_the_kernel_once(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch, "digits", **SMALL)
+    images = torch.rand(4, 1, 8, 8)
+    uncached = model.train()(images)  # no dropout/BN anywhere, so train and eval compute the same
+    calls = count_kernel_builds(model, monkeypatch)
+    model.eval()
+    outputs = [model(images) for _ in range(3)]
+    for out in outputs:
+        torch.testing.assert_close(out, uncached, rtol=1e-5, atol=1e-6)
+    assert calls[0] == 2  # once per layer, not once per forward pass
+
+
+@pytest.mark.parametrize("arch", LTI)
+def test_input_gradients_flow_through_the_cached_kernel(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch, "digits", **SMALL)
+    images = torch.rand(3, 1, 8, 8, requires_grad=True)
+    model.train()(images).sum().backward()
+    expected = images.grad.clone()
+    images.grad = None
+    model.eval()
+    model(images)  # fill the cache
+    model(images).sum().backward()
+    torch.testing.assert_close(images.grad, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", LTI)
+def test_optimizer_step_invalidates_the_cache(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch, "digits", **SMALL)
+    images = torch.rand(4, 1, 8, 8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.eval()
+    before = model(images)
+    model(images).logsumexp(1).sum().backward()  # parameter grads (head, norms) even in eval
+    model.train()
+    loss = model(images).logsumexp(1).sum()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    model.eval()
+    after_cached = model(images)
+    fresh = build_model(arch, "digits", **SMALL)
+    fresh.load_state_dict(model.state_dict())
+    expected = fresh.eval()(images)
+    assert not torch.allclose(before, after_cached)
+    torch.testing.assert_close(after_cached, expected)
+
+
+@pytest.mark.parametrize("arch", LTI)
+def test_load_state_dict_invalidates_the_cache(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch, "digits", **SMALL).eval()
+    other = build_model(arch, "digits", **SMALL).eval()
+    images = torch.rand(4, 1, 8, 8)
+    model(images)  # cache model's own kernels
+    model.load_state_dict(other.state_dict())
+    torch.testing.assert_close(model(images), other(images))
+
