@@ -134,6 +134,24 @@ def test_chunked_scan_in_float32_matches_float64_reference() -> None:
         torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4)
 
 
+def test_scan_split_over_worker_threads_equals_sequential(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One sequence per tile and two workers: every block boundary and the dA reduction across
+    workers are exercised, and the caller's thread count comes back."""
+    monkeypatch.setattr(mamba_module, "TILE_ELEMENTS", 1)
+    inputs = scan_inputs(5, 37, 3, 4, torch.float64, seed=5)
+    grad_out = torch.randn(5, 37, 3, dtype=torch.float64)
+    expected = value_and_grads(selective_scan_sequential, inputs, grad_out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = value_and_grads(lambda *t: selective_scan(*t, chunk_size=8), inputs, grad_out)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-10)
+
+
 def test_chunked_scan_passes_gradcheck() -> None:
     inputs = scan_inputs(2, 11, 3, 2, torch.float64, seed=2)
     assert torch.autograd.gradcheck(lambda *t: selective_scan(*t, chunk_size=4), inputs)

@@ -12,13 +12,16 @@ only Python loop besides the one over batch blocks); inside a chunk the recurren
 cyclic reduction (`scan.plan_linear_scan`: log-depth, no loop over time steps). A hand-written
 backward recomputes each tile from the state saved at its chunk start and runs the exact adjoint of
 that reduction, reusing its coefficient products. Only decays exp(dt A) <= 1 and their products are
-ever formed, so nothing can overflow.
+ever formed, so nothing can overflow. With several intra-op threads, the batch blocks are shared
+among that many Python worker threads running single-threaded operations (see `_over_workers`).
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +33,12 @@ from model_zoo.layers.base import SSMMixer, log_dt_init, register_mixer
 from model_zoo.layers.scan import ScanPlan, plan_linear_scan, plan_linear_scan_adjoint
 
 # Elements of one (batch block x chunk x d_inner x d_state) work tile: the 4 buffers of this size
-# (1 MiB each in float32) stay in cache, and each operation is still large enough that Python
-# overhead stays small. The batch block never drops below one sequence.
+# (1 MiB each in float32) stay in one core's cache, and each operation is still large enough that
+# Python overhead stays small. The batch block never drops below one sequence.
 TILE_ELEMENTS = 1 << 18
 _LOG2_E = 1.0 / math.log(2.0)
 _LOG2_FLOOR = -120.0
+_R = TypeVar("_R")
 
 
 def selective_scan_sequential(
@@ -89,40 +93,152 @@ class _Tiles:
         return self.cache[shape]
 
 
-def _tiling(batch: int, length: int, width: int, chunk_size: int) -> tuple[int, list[tuple[int, int]]]:
-    """Batch block size and the (start, stop) time range of every chunk."""
-    chunk = max(1, min(chunk_size, length))
-    block = max(1, min(batch, TILE_ELEMENTS // (chunk * width)))
-    return block, [(t0, min(t0 + chunk, length)) for t0 in range(0, length, chunk)]
+@dataclass(frozen=True)
+class _ScanInputs:
+    """The dense inputs of one call and what every tile derives from them."""
 
+    u: torch.Tensor
+    dt: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    c: torch.Tensor
+    chunks: list[tuple[int, int]]
+    blocks: list[slice]
+    a_log2: torch.Tensor
+    dtu: torch.Tensor
+    floor: bool
 
-def _needs_floor(dt: torch.Tensor, a_log2: torch.Tensor) -> bool:
-    """Whether some dt A log2(e) may fall below the floor (needs dt |A| > 83: rare, so usually skipped)."""
-    return bool(dt.max() * -a_log2.min() > -_LOG2_FLOOR)
+    @classmethod
+    def prepare(cls, u: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, chunk_size: int) -> "_ScanInputs":
+        # Tiles are sliced from these hundreds of times: make them dense once.
+        u, dt, a, b, c = (t.contiguous() for t in (u, dt, a, b, c))
+        batch, length, width = u.shape
+        chunk = max(1, min(chunk_size, length))
+        block = max(1, min(batch, TILE_ELEMENTS // (chunk * width * a.shape[1])))
+        a_log2 = a * _LOG2_E
+        return cls(
+            u, dt, a, b, c,
+            chunks=[(t0, min(t0 + chunk, length)) for t0 in range(0, length, chunk)],
+            blocks=[slice(b0, min(b0 + block, batch)) for b0 in range(0, batch, block)],
+            a_log2=a_log2,
+            dtu=dt * u,
+            # Whether some dt A log2(e) may fall below the floor (needs dt |A| > 83: rare).
+            floor=bool(dt.max() * -a_log2.min() > -_LOG2_FLOOR),
+        )
 
+    def tiles(self, for_backward: bool) -> _Tiles:
+        rows = self.blocks[0].stop - self.blocks[0].start
+        chunk = self.chunks[0][1] - self.chunks[0][0]
+        return _Tiles(rows * chunk * self.u.shape[2] * self.a.shape[1], self.u, for_backward)
 
-def _fill_tile(
-    tile: _Tile, dt: torch.Tensor, dtu: torch.Tensor, a_log2: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
-    floor: bool,
-) -> None:
-    """Fill the tile's decay with exp(dt A) and its states with the scan inputs, h0 folded in.
+    def tile_shape(self, rows: slice, t0: int, t1: int) -> tuple[int, int, int, int]:
+        return (rows.stop - rows.start, t1 - t0, self.u.shape[2], self.a.shape[1])
 
-    exp(x) is computed as exp2(x log2 e): torch's exp2 is about 3x faster than exp on CPU. Both fall
-    into a slow path (10-30x) for results below the float32 normal range, so with `floor` the
-    exponent is first clamped at -120 (2^-120 ~ 1e-36, a change that float32 sums cannot resolve).
-    """
-    torch.mul(dt[..., None], a_log2, out=tile.decay)
-    if floor:
-        tile.decay.clamp_(min=_LOG2_FLOOR)
-    tile.decay.exp2_()
-    torch.mul(dtu[..., None], b[:, :, None, :], out=tile.states)
-    tile.states[:, 0].addcmul_(tile.decay[:, 0], h0)
+    def fill(self, tile: _Tile, rows: slice, t0: int, t1: int, h0: torch.Tensor) -> None:
+        """Fill the tile's decay with exp(dt A) and its states with the scan inputs, h0 folded in.
+
+        exp(x) is computed as exp2(x log2 e): torch's exp2 is about 3x faster than exp on CPU. Both
+        fall into a slow path (10-30x) for results below the float32 normal range, so with `floor` the
+        exponent is first clamped at -120 (2^-120 ~ 1e-36, a change that float32 sums cannot resolve).
+        """
+        torch.mul(self.dt[rows, t0:t1, :, None], self.a_log2, out=tile.decay)
+        if self.floor:
+            tile.decay.clamp_(min=_LOG2_FLOOR)
+        tile.decay.exp2_()
+        torch.mul(self.dtu[rows, t0:t1, :, None], self.b[rows, t0:t1, None, :], out=tile.states)
+        tile.states[:, 0].addcmul_(tile.decay[:, 0], h0)
 
 
 def _contract_state(x: torch.Tensor, v: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     """sum_n x[b, t, d, n] v[b, t, n] -> (b, t, d); a multiply and a reduction in cache beat
     batched matrix-vector products (4-8x on CPU)."""
     return torch.mul(x, v[:, :, None, :], out=scratch).sum(-1)
+
+
+def _forward_blocks(data: _ScanInputs, blocks: list[slice], y: torch.Tensor, starts: torch.Tensor) -> None:
+    """Scan the given batch blocks chunk after chunk, writing y and each chunk's start state."""
+    tiles = data.tiles(for_backward=False)
+    for rows in blocks:
+        h = data.u.new_zeros(rows.stop - rows.start, *starts.shape[2:])
+        for j, (t0, t1) in enumerate(data.chunks):
+            starts[rows, j] = h
+            tile = tiles.get(data.tile_shape(rows, t0, t1))
+            data.fill(tile, rows, t0, t1, h)
+            tile.scan.run()  # clobbers decay, which then serves as scratch
+            y[rows, t0:t1] = _contract_state(tile.states, data.c[rows, t0:t1], tile.decay)
+            h = tile.states[:, -1].clone()
+
+
+@dataclass(frozen=True)
+class _Grads:
+    """Gradients written block by block (disjoint rows), except dA, which each worker sums apart."""
+
+    dtu: torch.Tensor
+    dt: torch.Tensor
+    b: torch.Tensor
+    c: torch.Tensor
+
+
+def _backward_blocks(
+    data: _ScanInputs, blocks: list[slice], grad_y: torch.Tensor, starts: torch.Tensor, grads: _Grads
+) -> torch.Tensor:
+    """Recompute each tile, run the adjoint scan over it, write the row gradients; returns dL/dA."""
+    tiles = data.tiles(for_backward=True)
+    grad_a = torch.zeros_like(data.a)
+    for rows in blocks:
+        # carry = a_{t+1} lambda_{t+1} at the first step of the chunk after the current one.
+        carry = data.u.new_zeros(rows.stop - rows.start, *starts.shape[2:])
+        for j in reversed(range(len(data.chunks))):
+            t0, t1 = data.chunks[j]
+            tile = tiles.get(data.tile_shape(rows, t0, t1))
+            decay, states, adjoint, scratch = tile.decay, tile.states, tile.adjoint, tile.scratch
+            h0 = starts[rows, j]
+            data.fill(tile, rows, t0, t1, h0)
+            tile.scan.run()
+            # lambda_t = dL/dh_t: the adjoint of the scan applied to C_t gy_t (+ later chunks).
+            gy = grad_y[rows, t0:t1]
+            torch.mul(gy[..., None], data.c[rows, t0:t1, None, :], out=adjoint)
+            adjoint[:, -1].add_(carry)
+            tile.adjoint_scan.run()
+            carry = decay[:, 0] * adjoint[:, 0]
+            grads.dtu[rows, t0:t1] = _contract_state(adjoint, data.b[rows, t0:t1], scratch)
+            grads.b[rows, t0:t1] = torch.matmul(data.dtu[rows, t0:t1, None, :], adjoint)[:, :, 0]
+            grads.c[rows, t0:t1] = torch.matmul(gy[:, :, None, :], states)[:, :, 0]
+            # dL/d(dt A) = lambda_t a_t h_{t-1}, overwriting buffers no longer needed.
+            grad_log_decay = adjoint.mul_(decay)
+            grad_log_decay[:, 1:].mul_(states[:, :-1])
+            grad_log_decay[:, 0].mul_(h0)
+            grad_a += torch.mul(grad_log_decay, data.dt[rows, t0:t1, :, None], out=scratch).sum((0, 1))
+            grads.dt[rows, t0:t1] = torch.mul(grad_log_decay, data.a, out=scratch).sum(-1)
+    return grad_a
+
+
+def _over_workers(work: Callable[[list[slice]], _R], blocks: list[slice]) -> list[_R]:
+    """Run `work` on torch.get_num_threads() Python threads, each on its share of the batch blocks,
+    with single-threaded tensor operations.
+
+    Why: a scan issues tens of thousands of operations on cache-sized tiles. Split across OpenMP
+    threads, every one of them ends in a barrier; on a busy CPU a barrier waits for a descheduled
+    thread, and we measured 2 OpenMP threads 10-40x slower than 1 under load. Independent workers
+    on disjoint sequences never wait for each other (the GIL is released inside each operation).
+    The process-wide intra-op thread count is set to 1 while the workers run, since new threads
+    take it over, and restored afterwards.
+    """
+    n_workers = min(torch.get_num_threads(), len(blocks))
+    if n_workers == 1:
+        return [work(blocks)]
+
+    def run(share: list[slice]) -> _R:
+        with torch.no_grad():  # grad mode is per thread; the tiles are written in place
+            return work(share)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(n_workers) as pool:
+            return list(pool.map(run, [blocks[i::n_workers] for i in range(n_workers)]))
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -133,28 +249,12 @@ class _SelectiveScan(torch.autograd.Function):
         ctx: FunctionCtx, u: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
         chunk_size: int,
     ) -> torch.Tensor:
-        # Tiles are sliced from these hundreds of times: make them dense once.
-        u, dt, a, b, c = (t.contiguous() for t in (u, dt, a, b, c))
-        batch, length, width = u.shape
-        n_state = a.shape[1]
-        block, chunks = _tiling(batch, length, width * n_state, chunk_size)
-        tiles = _Tiles(block * (chunks[0][1] - chunks[0][0]) * width * n_state, u, for_backward=False)
-        a_log2 = a * _LOG2_E
-        floor = _needs_floor(dt, a_log2)
-        dtu = dt * u
-        y = u.new_empty(batch, length, width)
-        starts = u.new_empty(batch, len(chunks), width, n_state)
-        for b0 in range(0, batch, block):
-            rows = slice(b0, min(b0 + block, batch))
-            h = u.new_zeros(rows.stop - b0, width, n_state)
-            for j, (t0, t1) in enumerate(chunks):
-                starts[rows, j] = h
-                tile = tiles.get((rows.stop - b0, t1 - t0, width, n_state))
-                _fill_tile(tile, dt[rows, t0:t1], dtu[rows, t0:t1], a_log2, b[rows, t0:t1], h, floor)
-                tile.scan.run()  # clobbers decay, which then serves as scratch
-                y[rows, t0:t1] = _contract_state(tile.states, c[rows, t0:t1], tile.decay)
-                h = tile.states[:, -1].clone()
-        ctx.save_for_backward(u, dt, a, b, c, starts)
+        data = _ScanInputs.prepare(u, dt, a, b, c, chunk_size)
+        batch, length, width = data.u.shape
+        y = data.u.new_empty(batch, length, width)
+        starts = data.u.new_empty(batch, len(data.chunks), width, data.a.shape[1])
+        _over_workers(lambda share: _forward_blocks(data, share, y, starts), data.blocks)
+        ctx.save_for_backward(data.u, data.dt, data.a, data.b, data.c, starts)
         ctx.chunk_size = chunk_size
         return y
 
@@ -162,47 +262,12 @@ class _SelectiveScan(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         u, dt, a, b, c, starts = ctx.saved_tensors
+        data = _ScanInputs.prepare(u, dt, a, b, c, ctx.chunk_size)
         grad_y = grad_y.contiguous()
-        batch, length, width = u.shape
-        n_state = a.shape[1]
-        block, chunks = _tiling(batch, length, width * n_state, ctx.chunk_size)
-        tiles = _Tiles(block * (chunks[0][1] - chunks[0][0]) * width * n_state, u, for_backward=True)
-        a_log2 = a * _LOG2_E
-        floor = _needs_floor(dt, a_log2)
-        dtu = dt * u
-        grad_dtu = torch.empty_like(u)
-        grad_dt = torch.empty_like(dt)
-        grad_a = torch.zeros_like(a)
-        grad_b = torch.empty_like(b)
-        grad_c = torch.empty_like(c)
-        for b0 in range(0, batch, block):
-            rows = slice(b0, min(b0 + block, batch))
-            # carry = a_{t+1} lambda_{t+1} at the first step of the chunk after the current one.
-            carry = u.new_zeros(rows.stop - b0, width, n_state)
-            for j in reversed(range(len(chunks))):
-                t0, t1 = chunks[j]
-                tile = tiles.get((rows.stop - b0, t1 - t0, width, n_state))
-                decay, states, adjoint, scratch = tile.decay, tile.states, tile.adjoint, tile.scratch
-                h0 = starts[rows, j]
-                _fill_tile(tile, dt[rows, t0:t1], dtu[rows, t0:t1], a_log2, b[rows, t0:t1], h0, floor)
-                tile.scan.run()
-                # lambda_t = dL/dh_t: the adjoint of the scan applied to C_t gy_t (+ later chunks).
-                gy = grad_y[rows, t0:t1]
-                torch.mul(gy[..., None], c[rows, t0:t1, None, :], out=adjoint)
-                adjoint[:, -1].add_(carry)
-                tile.adjoint_scan.run()
-                carry = decay[:, 0] * adjoint[:, 0]
-                grad_dtu[rows, t0:t1] = _contract_state(adjoint, b[rows, t0:t1], scratch)
-                grad_b[rows, t0:t1] = torch.matmul(dtu[rows, t0:t1, None, :], adjoint)[:, :, 0]
-                grad_c[rows, t0:t1] = torch.matmul(gy[:, :, None, :], states)[:, :, 0]
-                # dL/d(dt A) = lambda_t a_t h_{t-1}, overwriting buffers no longer needed.
-                grad_log_decay = adjoint.mul_(decay)
-                grad_log_decay[:, 1:].mul_(states[:, :-1])
-                grad_log_decay[:, 0].mul_(h0)
-                grad_a += torch.mul(grad_log_decay, dt[rows, t0:t1, :, None], out=scratch).sum((0, 1))
-                grad_dt[rows, t0:t1] = torch.mul(grad_log_decay, a, out=scratch).sum(-1)
-        grad_dt += grad_dtu * u
-        return grad_dtu * dt, grad_dt, grad_a, grad_b, grad_c, None
+        grads = _Grads(torch.empty_like(u), torch.empty_like(dt), torch.empty_like(b), torch.empty_like(c))
+        grad_a = sum(_over_workers(lambda share: _backward_blocks(data, share, grad_y, starts, grads), data.blocks))
+        grads.dt.addcmul_(grads.dtu, u)
+        return grads.dtu * dt, grads.dt, grad_a, grads.b, grads.c, None
 
 
 def selective_scan(
