@@ -114,7 +114,9 @@ class _ScanInputs:
         u, dt, a, b, c = (t.contiguous() for t in (u, dt, a, b, c))
         batch, length, width = u.shape
         chunk = max(1, min(chunk_size, length))
-        block = max(1, min(batch, TILE_ELEMENTS // (chunk * width * a.shape[1])))
+        # On a GPU there is no cache to fit, and fewer, larger tiles mean fewer kernel launches.
+        on_cpu = u.device.type == "cpu"
+        block = max(1, min(batch, TILE_ELEMENTS // (chunk * width * a.shape[1]))) if on_cpu else batch
         a_log2 = a * _LOG2_E
         return cls(
             u, dt, a, b, c,
@@ -213,18 +215,18 @@ def _backward_blocks(
     return grad_a
 
 
-def _over_workers(work: Callable[[list[slice]], _R], blocks: list[slice]) -> list[_R]:
+def _over_workers(work: Callable[[list[slice]], _R], blocks: list[slice], on_cpu: bool) -> list[_R]:
     """Run `work` on torch.get_num_threads() Python threads, each on its share of the batch blocks,
     with single-threaded tensor operations.
 
     Why: a scan issues tens of thousands of operations on cache-sized tiles. Split across OpenMP
     threads, every one of them ends in a barrier; on a busy CPU a barrier waits for a descheduled
-    thread, and we measured 2 OpenMP threads 10-40x slower than 1 under load. Independent workers
-    on disjoint sequences never wait for each other (the GIL is released inside each operation).
-    The process-wide intra-op thread count is set to 1 while the workers run, since new threads
-    take it over, and restored afterwards.
+    thread (on this project's 2-core machine under load, 2 OpenMP threads ran the scan 8-15x slower
+    than 1). Independent workers on disjoint sequences never wait for each other (the GIL is
+    released inside each operation). The process-wide intra-op thread count is set to 1 while the
+    workers run, since new threads take it over, and restored afterwards. Not used on a GPU.
     """
-    n_workers = min(torch.get_num_threads(), len(blocks))
+    n_workers = min(torch.get_num_threads(), len(blocks)) if on_cpu else 1
     if n_workers == 1:
         return [work(blocks)]
 
@@ -253,7 +255,7 @@ class _SelectiveScan(torch.autograd.Function):
         batch, length, width = data.u.shape
         y = data.u.new_empty(batch, length, width)
         starts = data.u.new_empty(batch, len(data.chunks), width, data.a.shape[1])
-        _over_workers(lambda share: _forward_blocks(data, share, y, starts), data.blocks)
+        _over_workers(lambda share: _forward_blocks(data, share, y, starts), data.blocks, data.u.is_cpu)
         ctx.save_for_backward(data.u, data.dt, data.a, data.b, data.c, starts)
         ctx.chunk_size = chunk_size
         return y
@@ -265,7 +267,9 @@ class _SelectiveScan(torch.autograd.Function):
         data = _ScanInputs.prepare(u, dt, a, b, c, ctx.chunk_size)
         grad_y = grad_y.contiguous()
         grads = _Grads(torch.empty_like(u), torch.empty_like(dt), torch.empty_like(b), torch.empty_like(c))
-        grad_a = sum(_over_workers(lambda share: _backward_blocks(data, share, grad_y, starts, grads), data.blocks))
+        grad_a = sum(
+            _over_workers(lambda share: _backward_blocks(data, share, grad_y, starts, grads), data.blocks, data.u.is_cpu)
+        )
         grads.dt.addcmul_(grads.dtu, u)
         return grads.dtu * dt, grads.dt, grad_a, grads.b, grads.c, None
 
