@@ -3,12 +3,19 @@
 Shipped weights live in model_zoo/weights/ (inside the package, so they work offline on a
 fresh install); remote ones are downloaded by `fetch` into a cache dir, verified, and only
 then used. Every resolution checks the sha256 recorded in zoo.toml.
+
+`add_entry` puts a trained checkpoint into the zoo: it copies the file into weights/ and appends a
+hand-formatted `[models.NAME]` block to zoo.toml (the standard library reads TOML but cannot write
+it), leaving the file's other entries and comments as they are.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
+import re
 import tomllib
 import urllib.error
 import urllib.request
@@ -16,10 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model_zoo.checkpoints import atomic_write_bytes, file_sha256
+from model_zoo.checkpoints import CheckpointMeta, atomic_write_bytes, file_sha256, load
 from model_zoo.errors import RunError, UsageError
 
 ZOO_FILE = Path(__file__).with_name("zoo.toml")
+WEIGHTS_DIR = "weights"
+# A name is a bare TOML key and a file name at once: no quoting, no path separators.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# The training settings worth reading in `zoo list`/`show`; the checkpoint itself keeps them all.
+TRAINING_SUMMARY = ("method", "epochs", "effective_epochs", "batch_size", "lr", "weight_decay", "eps", "alpha",
+                    "steps", "train_examples", "eval_examples", "seed", "augment")
+METHOD_SETTINGS = {"trades": ("trades_beta",), "mart": ("mart_beta",), "freeat": ("freeat_m",), "yopo": ("yopo_m", "yopo_n")}
 
 
 @dataclass(frozen=True)
@@ -94,3 +108,128 @@ def fetch(name: str, zoo_file: Path = ZOO_FILE, timeout: float = 60.0) -> Path:
     path = local_path(entry, zoo_file)
     atomic_write_bytes(path, data)
     return path
+
+
+# -- adding entries ---------------------------------------------------------------------------------
+
+
+def training_summary(meta: CheckpointMeta) -> dict[str, Any]:
+    """The run's main settings plus which checkpoint of it this is (kind, epoch)."""
+    training = meta.training
+    keys = TRAINING_SUMMARY + METHOD_SETTINGS.get(str(training.get("method")), ())
+    summary = {key: training[key] for key in keys if training.get(key) is not None}
+    return {**summary, "checkpoint": meta.kind, "epoch": meta.epoch}
+
+
+def add_entry(
+    checkpoint: str | Path,
+    name: str,
+    metrics: dict[str, float],
+    description: str = "",
+    zoo_file: Path = ZOO_FILE,
+    replace: bool = False,
+) -> ZooEntry:
+    """Copy `checkpoint` to weights/NAME.safetensors beside zoo_file and record it there.
+
+    The checkpoint is loaded (so a tampered or foreign file is refused) before anything is
+    written; the copy is atomic and verified against the source's sha256; the new zoo.toml is
+    parsed back and must give exactly this entry before it atomically replaces the old one.
+    """
+    if not NAME_PATTERN.match(name):
+        raise UsageError(f"zoo name {name!r} may only use letters, digits, '-' and '_' (and not start with '-' or '_')")
+    if name in load_zoo(zoo_file) and not replace:
+        raise UsageError(f"{zoo_file} already has a model {name!r}; choose another name or replace it")
+    source = Path(checkpoint)
+    _, meta = load(source)
+    payload = source.read_bytes()
+    sha256 = hashlib.sha256(payload).hexdigest()
+    entry = ZooEntry(
+        name=name, sha256=sha256, file=f"{WEIGHTS_DIR}/{name}.safetensors",
+        description=description or _default_description(meta), config=meta.config.to_dict(),
+        training=training_summary(meta), metrics=dict(metrics),
+    )
+    old = zoo_file.read_text(encoding="utf-8") if zoo_file.is_file() else ""
+    text = _without_entry(old, name, zoo_file) if name in load_zoo(zoo_file) else old
+    text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + format_entry(entry)
+    _check_round_trip(old, text, entry, zoo_file)  # before any write: a refused entry changes nothing
+    target = zoo_file.parent / entry.file
+    atomic_write_bytes(target, payload)
+    if file_sha256(target) != sha256:
+        raise RunError(f"{target}: the copy does not match {source} (sha256); the disk may be failing")
+    atomic_write_bytes(zoo_file, text.encode("utf-8"))
+    return entry
+
+
+def _default_description(meta: CheckpointMeta) -> str:
+    config = meta.config
+    variant = "".join([f" + AdS ({config.ads})" if config.ads != "none" else "", " + attention" if config.attention else ""])
+    method = meta.training.get("method", "unknown method")
+    return f"{config.arch}{variant}, {method} on {config.dataset}, {meta.kind or 'a'} checkpoint (epoch {meta.epoch})"
+
+
+def format_entry(entry: ZooEntry) -> str:
+    """The entry as TOML: a [models.NAME] table and its config/training/metrics sub-tables."""
+    head = {"file": entry.file, "url": entry.url, "sha256": entry.sha256, "description": entry.description}
+    lines = [f"[models.{entry.name}]", *_assignments({k: v for k, v in head.items() if v})]
+    for section in ("config", "training", "metrics"):
+        lines += ["", f"[models.{entry.name}.{section}]", *_assignments(getattr(entry, section))]
+    return "\n".join(lines) + "\n"
+
+
+def _assignments(values: dict[str, Any]) -> list[str]:
+    # TOML has no null: an unset value is simply left out.
+    return [f"{_toml_key(key)} = {_toml_value(value)}" for key, value in values.items() if value is not None]
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    """One TOML value. JSON's string escapes are all valid TOML basic-string escapes."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")  # repr round-trips exactly
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{ " + inner + " }" if inner else "{}"
+    raise UsageError(f"cannot write {type(value).__name__} value {value!r} to zoo.toml")
+
+
+def _without_entry(text: str, name: str, zoo_file: Path) -> str:
+    """The text without the [models.NAME] block (its header up to the next table of another entry)."""
+    lines = text.splitlines()
+    own = (f"[models.{name}]", f"[models.{name}.")
+    starts = [i for i, line in enumerate(lines) if line.strip() == own[0]]
+    if len(starts) != 1:
+        raise UsageError(f"{zoo_file}: cannot find the [models.{name}] table as `zoo add` writes it; remove it by hand")
+    end = starts[0] + 1
+    # `zoo add` writes no comments inside a block, so a comment starts whatever comes next.
+    while end < len(lines) and not lines[end].lstrip().startswith("#") and not (
+        lines[end].lstrip().startswith("[") and not lines[end].strip().startswith(own[1])
+    ):
+        end += 1
+    kept = lines[: starts[0]] + lines[end:]
+    return "\n".join(kept) + ("\n" if kept else "")
+
+
+def _check_round_trip(old: str, new: str, entry: ZooEntry, zoo_file: Path) -> None:
+    """Refuse to write a zoo.toml that does not parse back to the other entries unchanged plus this one."""
+    try:
+        before = tomllib.loads(old).get("models", {})
+        after = tomllib.loads(new).get("models", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{zoo_file}: not valid TOML, or adding {entry.name} would make it so ({exc}); it was left as it is") from None
+    fields = {key: value for key, value in json.loads(json.dumps(entry.__dict__)).items() if key != "name" and value != ""}
+    expected = {**{k: v for k, v in before.items() if k != entry.name}, entry.name: fields}
+    if after != expected:
+        raise UsageError(f"{zoo_file}: the entry for {entry.name} would not read back as written; it was left as it is")

@@ -1,14 +1,19 @@
-"""Leaderboard rows from evaluations: the one mapping (checkpoint, EvalResult) -> ResultRow.
+"""Records of evaluations: leaderboard rows, and the metrics that a zoo entry keeps.
 
 `ssmbench eval` and `ssmbench study` both record results; the leaderboard only stays comparable
 if every writer fills every field (train eps of standard training, versions, device) the same way.
+`ssmbench zoo add` takes a checkpoint's numbers from a fresh evaluation or from its rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 import torch
 
 from model_zoo.checkpoints import CheckpointMeta
+from model_zoo.errors import UsageError
 from ssmbench import __version__
 from ssmbench.evaluate import EvalResult
 from ssmbench.leaderboard import ResultRow, utc_now
@@ -49,3 +54,48 @@ def result_row(run_id: str, model: str, meta: CheckpointMeta, result: EvalResult
         ssmbench_version=__version__,
         torch_version=torch.__version__,
     )
+
+
+class Measured(Protocol):
+    """What an EvalResult and a ResultRow both say about one evaluation."""
+
+    clean_acc: float
+    robust_acc: float
+    n_examples: int
+    eps: float
+
+
+def zoo_metrics(pgd10: Measured, autoattack: Measured) -> dict[str, float]:
+    """The numbers a zoo entry records (`ssmbench zoo list` shows the first four).
+
+    clean_acc and n_examples come from the PGD-10 evaluation, so the clean accuracy is the one on
+    the PGD-10 examples (the whole test split when `zoo add` measures it).
+    """
+    if abs(pgd10.eps - autoattack.eps) > 1e-9:
+        raise UsageError(f"the PGD-10 and AutoAttack results are at different eps ({pgd10.eps} and {autoattack.eps})")
+    return {
+        "clean_acc": float(pgd10.clean_acc),
+        "pgd10_acc": float(pgd10.robust_acc),
+        "autoattack_acc": float(autoattack.robust_acc),
+        "n_examples": int(pgd10.n_examples),
+        "autoattack_examples": int(autoattack.n_examples),
+        "eps": float(pgd10.eps),
+    }
+
+
+def newest_rows(rows: Iterable[ResultRow], sha256: str, suites: tuple[str, ...]) -> dict[str, ResultRow]:
+    """The newest row per suite recorded for the checkpoint file with this sha256.
+
+    Matching by file hash, not by name, finds a checkpoint's results after it was copied or renamed.
+    """
+    found: dict[str, ResultRow] = {}
+    for row in rows:
+        if row.checkpoint_sha256 != sha256 or row.suite not in suites:
+            continue
+        kept = found.get(row.suite)
+        if kept is None or (row.timestamp, row.run_id) > (kept.timestamp, kept.run_id):
+            found[row.suite] = row
+    missing = [suite for suite in suites if suite not in found]
+    if missing:
+        raise UsageError(f"no {', '.join(missing)} result recorded for the checkpoint with sha256 {sha256[:12]}...")
+    return found

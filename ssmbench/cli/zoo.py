@@ -1,4 +1,4 @@
-"""`ssmbench zoo list|show|fetch`: what can be built and what is shipped."""
+"""`ssmbench zoo list|show|fetch|add`: what can be built, what is shipped, and shipping more."""
 
 from __future__ import annotations
 
@@ -6,15 +6,25 @@ import json
 from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from model_zoo import build_from_config, zoo
 from model_zoo.ads import ADS_CHOICES
-from model_zoo.checkpoints import file_sha256, read_meta
+from model_zoo.checkpoints import file_sha256, load, read_meta
 from model_zoo.config import PRESETS
+from model_zoo.errors import RunError, UsageError
 from model_zoo.layers import MIXERS
-from ssmbench.cli._common import console
+from ssmbench import data
+from ssmbench.attacks import BACKENDS
+from ssmbench.checks import FLAGS, CheckConfig
+from ssmbench.cli._common import console, parse_fraction
+from ssmbench.evaluate import EvalResult, evaluate
+from ssmbench.leaderboard import read
 from ssmbench.loading import resolve_target
+from ssmbench.records import newest_rows, zoo_metrics
+
+ZOO_SUITES = ("pgd10", "autoattack")
 
 zoo_app = typer.Typer(help="Architectures, presets and named checkpoints.", no_args_is_help=True)
 
@@ -86,6 +96,76 @@ def fetch_command(name: str = typer.Argument(..., help="A zoo name with a url in
     """
     path: Path = zoo.fetch(name)
     console.print(f"{name}: {path} (sha256 verified)")
+
+
+def _measure(
+    path: Path, eps: float, aa_examples: int, backend: str, batch_size: int, device: str | None, data_dir: Path | None,
+    checks: bool,
+) -> dict[str, EvalResult]:
+    """Clean and PGD-10 on the whole test split, AutoAttack on its first aa_examples, with bars."""
+    model, meta = load(path)
+    images, labels = data.load_split(meta.config.dataset, "test", data_dir)
+    results = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        for suite, n in (("pgd10", len(images)), ("autoattack", min(aa_examples, len(images)))):
+            task = bar.add_task(suite, total=n)
+
+            def show(done: int, total: int, attack: str, task: int = task, suite: str = suite) -> None:
+                bar.update(task, completed=done, description=suite + (f" ({attack})" if attack else ""))
+
+            try:
+                results[suite] = evaluate(model, images, labels, suite, eps, n, batch_size, device, backend, progress=show,
+                                          checks=CheckConfig() if checks else None)
+            except RunError:
+                raise
+            except RuntimeError as exc:  # a torch failure inside an attack (e.g. out of memory)
+                raise RunError(f"{path}: {suite} evaluation failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    return results
+
+
+@zoo_app.command("add")
+def add_command(
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint, e.g. runs/study-digits/s4-pgd-tanh/best.safetensors."),
+    name: str = typer.Option(..., "--name", help="The zoo name (letters, digits, - and _); the file becomes weights/NAME.safetensors."),
+    description: str = typer.Option("", help="One line for `zoo list` (default: architecture, method, dataset, checkpoint)."),
+    aa_examples: int = typer.Option(2000, help="AutoAttack on the first N test images (capped at the split); clean and PGD-10 use the whole split."),
+    from_leaderboard: Path = typer.Option(None, help="Take the numbers from this results file (the newest pgd10 and autoattack rows of this exact file, by sha256) instead of evaluating."),
+    eps: str = typer.Option("8/255", help="Linf radius of the evaluation, e.g. 8/255."),
+    backend: str = typer.Option("official", help=f"AutoAttack code: {' | '.join(BACKENDS)}."),
+    batch_size: int = typer.Option(256, help="Evaluation batch size."),
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA)."),
+    checks: bool = typer.Option(True, "--checks/--no-checks", help="Run the gradient-masking sanity checks and show their flags."),
+    replace: bool = typer.Option(False, "--replace", help="Replace an entry of the same name."),
+    zoo_file: Path = typer.Option(zoo.ZOO_FILE, help="The zoo.toml to add to (default: the package's); the weights go to weights/ beside it."),
+) -> None:
+    """Ship a trained checkpoint: copy it to weights/NAME.safetensors and record it in zoo.toml with
+    its sha256, config, training settings and measured accuracies (evaluated now, or taken from
+    the leaderboard). Other entries and comments in zoo.toml stay as they are.
+
+    Example: ssmbench zoo add runs/study-digits/s4-pgd-tanh/best.safetensors --name s4-pgd-tanh-digits --aa-examples 360
+    """
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if aa_examples < 1 or batch_size < 1:
+        raise UsageError(f"--aa-examples and --batch-size must be >= 1, got {aa_examples} and {batch_size}")
+    if not checkpoint.is_file():
+        raise UsageError(f"{checkpoint}: no such checkpoint file")
+    if from_leaderboard is not None:
+        found = newest_rows(read(from_leaderboard), file_sha256(checkpoint), ZOO_SUITES)
+        metrics = zoo_metrics(found["pgd10"], found["autoattack"])
+    else:
+        measured = _measure(checkpoint, parse_fraction(eps, "--eps"), aa_examples, backend, batch_size, device, data_dir, checks)
+        metrics = zoo_metrics(measured["pgd10"], measured["autoattack"])
+        for flag in dict.fromkeys(f for result in measured.values() for f in result.flags):
+            console.print(f"[yellow]flag {flag}[/yellow]: {FLAGS.get(flag, 'reported by the AutoAttack code itself')}")
+    entry = zoo.add_entry(checkpoint, name, metrics, description, zoo_file=zoo_file, replace=replace)
+    console.print(
+        f"{name}: {zoo_file.parent / entry.file} (sha256 {entry.sha256[:12]}...), clean {_percent(metrics['clean_acc'])}% "
+        f"and PGD-10 {_percent(metrics['pgd10_acc'])}% on {metrics['n_examples']}, "
+        f"AutoAttack {_percent(metrics['autoattack_acc'])}% on {metrics['autoattack_examples']} test images"
+    )
 
 
 def register(app: typer.Typer) -> None:
