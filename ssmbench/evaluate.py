@@ -9,6 +9,15 @@ uninterrupted run gives.
 
 The library never prints: a `progress(done, total, attack)` callback reports examples done and
 the attack now running ('' between batches); the CLI draws the bar.
+
+Evaluation is fp32: autocast is off inside evaluate(), whatever the caller has on.
+
+Under torchrun (a process group is up, see model_zoo.training.distributed) the batches are dealt
+out in rounds, batch i of a round to rank i; after each round every rank gathers the round's
+per-example flags, so all ranks hold the flags of every batch in example order. Because a batch's
+flags depend only on that batch, the result equals a one-process run exactly. Rank 0 alone reads
+and writes the state file, so a resumed run continues where the job stopped, with any number of
+processes.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from torch import nn
 
 from model_zoo.checkpoints import atomic_write_bytes, tensors_sha256
 from model_zoo.errors import UsageError
+from model_zoo.training import distributed
 from ssmbench.attacks import THREAT_MODEL, Attack, AttackSettings, SuiteResult, build_suite, eval_mode, suite_backend, suite_label
 from ssmbench.checks import CheckConfig, CheckOutcome, run_checks
 
@@ -98,6 +108,10 @@ def evaluate(
     `device` defaults to CUDA when present; the model is moved there and put in eval mode.
     `checks=None` skips the sanity checks. With `state_path`, finished batches are saved there
     and a rerun with the same arguments skips them; the file is removed when the run completes.
+    Under torchrun call it on every rank, with the rank's device (cuda means cuda:LOCAL_RANK once
+    the process group set it); every rank returns the whole result. The sanity checks (on their
+    own first examples) run alike on every rank rather than on rank 0 alone, so that no rank
+    waits in a collective while they run.
     """
     n = _validate(images, labels, n_examples, batch_size)
     settings = AttackSettings(eps, backend, version, seed)
@@ -106,27 +120,34 @@ def evaluate(
     model = model.to(device)
     x, y = images[:n], labels[:n]
     label = suite_label(suite, version)
-    state = _State.open(state_path, _fingerprint(model, x, y, label, settings, batch_size) if state_path else {})
+    workers = distributed.current()
+    fingerprint = _fingerprint(model, x, y, label, settings, batch_size) if state_path else {}
+    state = distributed.on_main(_State.open, state_path, fingerprint)
     report = progress or (lambda done, total, attack: None)
-    with eval_mode(model):
+    batches = range(0, n, batch_size)
+    with eval_mode(model), torch.autocast(device_type=device.type, enabled=False):
         report(min(state.done_batches * batch_size, n), n, "")
-        for index, start in enumerate(range(0, n, batch_size)):
-            if index < state.done_batches:
-                continue
-            end = min(start + batch_size, n)
+        for first in range(state.done_batches, len(batches), workers.world_size):
             began = time.perf_counter()
-            result = runner.run(
-                model, x[start:end].to(device), y[start:end].to(device), on_attack=lambda name, s=start: report(s, n, name)
-            )
-            state.add(result, time.perf_counter() - began)
-            report(end, n, "")
+            record = None
+            if first + workers.rank < len(batches):
+                start = batches[first + workers.rank]
+                end = min(start + batch_size, n)
+                result = runner.run(
+                    model, x[start:end].to(device), y[start:end].to(device), on_attack=lambda name, s=start: report(s, n, name)
+                )
+                record = _record(result)
+            records = [r for r in distributed.gather_objects(record) if r is not None]
+            state.add(records, time.perf_counter() - began, write=workers.is_main)
+            report(min(state.done_batches * batch_size, n), n, "")
         began = time.perf_counter()
         clean, after, warnings = state.flags(runner.attacks)
         outcomes = () if checks is None else run_checks(
             model, x[: checks.n_examples].to(device), y[: checks.n_examples].to(device), settings, checks,
             runner.attacks, clean.to(device), {name: flags.to(device) for name, flags in after.items()},
         )
-    state.finish()
+    if workers.is_main:
+        state.finish()
     package, package_version = suite_backend(suite, backend)
     return EvalResult(
         suite=label,
@@ -183,10 +204,21 @@ def _unbits(text: str) -> torch.Tensor:
     return torch.tensor([char == "1" for char in text], dtype=torch.bool)
 
 
+def _record(result: SuiteResult) -> dict[str, object]:
+    """One batch's flags as the state file keeps them (compact, and cheap to gather across ranks)."""
+    return {
+        "clean": _bits(result.clean),
+        "after": {name: _bits(flags) for name, flags in result.robust_after.items()},
+        "warnings": list(result.warnings),
+    }
+
+
 class _State:
     """Finished batches (flags after each attack, seconds), in memory and, if given a path, on disk.
 
-    The file is rewritten atomically after every batch, so a crash leaves the last good state.
+    The file is rewritten atomically after every batch (every round of batches under torchrun),
+    so a crash leaves the last good state. A batch's seconds are wall time: a round's time is
+    split evenly between the batches that ran side by side in it.
     """
 
     def __init__(self, path: Path | None, fingerprint: dict[str, object], batches: list[dict[str, object]]) -> None:
@@ -219,16 +251,10 @@ class _State:
     def seconds(self) -> float:
         return sum(float(batch["seconds"]) for batch in self.batches)
 
-    def add(self, result: SuiteResult, seconds: float) -> None:
-        self.batches.append(
-            {
-                "clean": _bits(result.clean),
-                "after": {name: _bits(flags) for name, flags in result.robust_after.items()},
-                "warnings": list(result.warnings),
-                "seconds": seconds,
-            }
-        )
-        if self.path is not None:
+    def add(self, records: list[dict[str, object]], seconds: float, write: bool = True) -> None:
+        """Append the next batches (in example order), which together took `seconds`."""
+        self.batches.extend({**record, "seconds": seconds / len(records)} for record in records)
+        if write and self.path is not None:
             payload = {"fingerprint": self.fingerprint, "batches": self.batches}
             atomic_write_bytes(self.path, json.dumps(payload).encode())
 

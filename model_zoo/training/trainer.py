@@ -17,6 +17,17 @@ A kill at any point loses at most the epoch in progress: `train(..., resume=True
 the last completed epoch and ends with the same weights as an uninterrupted run (on CPU).
 
 The library never prints; progress goes to a TrainObserver that the CLI renders.
+
+Under torchrun (see `distributed`) the same call trains data-parallel: every rank runs train()
+on the same data and model; each global batch is shuffled identically everywhere and split into
+one shard per rank, gradients are averaged by DistributedDataParallel, the per-epoch evaluation is
+split the same way and summed, and rank 0 alone reads the resume state and writes the run
+directory. On CPU the K-process run ends with the weights of the one-process run (up to float
+rounding), and a run can be resumed with another number of processes.
+
+Precision: `config.precision` "auto" trains with bf16 autocast on CUDA and fp32 elsewhere. Autocast
+covers the AT method's passes; the attack's input gradients are fp32 anyway (perturb.py turns
+autocast off there), and every evaluation is fp32.
 """
 
 from __future__ import annotations
@@ -26,6 +37,8 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -33,12 +46,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from model_zoo import checkpoints
 from model_zoo.classifier import SequenceClassifier
 from model_zoo.errors import RunError, UsageError
+from model_zoo.training import distributed
+from model_zoo.training.distributed import DataParallel, Workers
 from model_zoo.training.history import EpochRecord, plot_curves, write_history
 from model_zoo.training.methods import MethodContext, get_method, list_methods
 from model_zoo.training.perturb import pgd
@@ -52,6 +68,7 @@ STATE_FORMAT = 1
 STATE_KEY = "ssmbench_train_state"
 BEST, LAST, HISTORY = "best.safetensors", "last.safetensors", "history.parquet"
 CURVES, STATE = "curves.png", "state.safetensors"
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,8 @@ class TrainConfig:
     """Every hyper-parameter of a run; stored in each checkpoint's `training` metadata.
 
     Defaults are the paper's (DESIGN.md). `eval_examples`/`train_examples`: None = the whole split.
+    `batch_size` is the global batch: under torchrun each of K processes trains on batch_size / K.
+    `precision`: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32", or "bf16" (CUDA only).
     """
 
     method: str = "pgd"
@@ -79,10 +98,13 @@ class TrainConfig:
     train_examples: int | None = None
     seed: int = 0
     grad_clip: float | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in list_methods():
             raise UsageError(f"unknown training method {self.method!r}; choose one of {', '.join(list_methods())}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "alpha": self.alpha,
                     "steps": self.steps, "freeat_m": self.freeat_m, "yopo_m": self.yopo_m, "yopo_n": self.yopo_n}
         non_negative = {"eps": self.eps, "weight_decay": self.weight_decay, "trades_beta": self.trades_beta,
@@ -146,6 +168,27 @@ class TrainResult:
         return self.out_dir / LAST
 
 
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype of the training passes: bfloat16 or float32 (= no autocast).
+
+    bf16 only on CUDA: CPU autocast in bf16 is slower than fp32 for these models, and GPUs
+    without bf16 (before Ampere) fall back to fp32 under "auto".
+    """
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not cuda_bf16:
+        raise UsageError(f"precision bf16 needs a CUDA device with bf16 support, not {device}; use fp32 or auto")
+    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and cuda_bf16) else torch.float32
+
+
+@contextmanager
+def _autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Autocast to dtype, or explicitly off for float32 (so a caller's autocast does not leak in)."""
+    with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32):
+        yield
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), numpy and python's random: call before build_model so that
     one seed fixes the initial weights as well as training."""
@@ -156,7 +199,11 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class _Run:
-    """The mutable state of a run: exactly what state.safetensors stores."""
+    """The mutable state of a run: exactly what state.safetensors stores.
+
+    Under torchrun `method_state` holds this rank's rows of per-example state (FreeAT's
+    perturbation); the state file holds the whole batch's rows.
+    """
 
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -170,6 +217,22 @@ class _Run:
         return self.history[self.best_epoch - 1] if self.best_epoch else None
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """What every batch of a run needs besides the data and the run state."""
+
+    model: SequenceClassifier  # the plain model: metrics, evaluation, checkpoints
+    trained: nn.Module  # what the AT method calls: the model, or its DataParallel wrapper under torchrun
+    config: TrainConfig
+    ctx: MethodContext
+    augment: Augment | None
+    observer: TrainObserver
+    out_dir: Path
+    autocast: torch.dtype
+    workers: Workers
+    device: torch.device
+
+
 def train(
     model: SequenceClassifier,
     train_data: tuple[torch.Tensor, torch.Tensor],
@@ -180,37 +243,50 @@ def train(
     augment: Augment | None = None,
     observer: TrainObserver | None = None,
     resume: bool = False,
+    compile_model: bool = False,
 ) -> TrainResult:
     """Train `model` (on its current device) with `config.method`; write the run into out_dir.
 
     train_data/test_data: images in [0, 1] (N, C, H, W) and int64 labels, on any device.
     augment(images, generator=g): applied to every training batch with the run's own generator.
     resume=True continues the run in out_dir; without it an existing run there is refused.
+    compile_model=True compiles the model in place (`model.compile()`, i.e. torch.compile) for
+    training and the per-epoch evaluation; the first batches wait for the compiler (on a CPU,
+    inductor builds C++ kernels: tens of seconds to minutes, rarely worth it for short runs).
+    Under torchrun, call it on every rank with the model on the rank's device (module docstring).
     """
     out_dir = Path(out_dir)
-    observer = observer or TrainObserver()
+    workers = distributed.current()
     device = next(model.parameters()).device
     x_train, y_train = (t[: config.train_examples] for t in train_data)
     x_test, y_test = (t[: config.eval_examples] for t in test_data)
-    check_out_dir(out_dir, resume)
-    run = _new_run(model, config, device)
+    _check_shardable(len(x_train), config.batch_size, workers)
+    autocast = resolve_precision(config.precision, device)
+    distributed.on_main(check_out_dir, out_dir, resume)
+    run = _new_run(model, config)
     if resume:
-        _load_state(out_dir / STATE, model, run, config)
+        _load_state(out_dir / STATE, *distributed.on_main(_read_state, out_dir / STATE), model, run, config, workers)
+    if compile_model:
+        model.compile()
     ctx = MethodContext(
         optimizer=run.optimizer, eps=config.eps, alpha=config.alpha, steps=config.steps,
         trades_beta=config.trades_beta, mart_beta=config.mart_beta, freeat_m=config.freeat_m,
-        yopo_m=config.yopo_m, yopo_n=config.yopo_n, grad_clip=config.grad_clip,
-        generator=run.generators["attack"], state=run.method_state,
+        yopo_m=config.yopo_m, yopo_n=config.yopo_n, grad_clip=config.grad_clip, state=run.method_state,
+    )
+    setup = _Setup(
+        model=model, trained=DataParallel(model, device) if workers.is_distributed else model, config=config, ctx=ctx,
+        augment=augment, observer=observer or TrainObserver(), out_dir=out_dir, autocast=autocast, workers=workers,
+        device=device,
     )
     last_plot = -math.inf
     for epoch in range(len(run.history) + 1, config.effective_epochs + 1):
-        observer.on_epoch_start(epoch, config.effective_epochs, len(x_train))
+        setup.observer.on_epoch_start(epoch, config.effective_epochs, len(x_train))
         started = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
-        sums = _train_epoch(model, x_train, y_train, config, ctx, run, augment, observer, epoch, out_dir)
+        sums = _train_epoch(setup, run, x_train, y_train, epoch)
         train_seconds = time.perf_counter() - started
         run.scheduler.step()
-        observer.on_eval_start(epoch, len(x_test))
+        setup.observer.on_eval_start(epoch, len(x_test))
         evaluation = evaluate_pgd10(model, x_test, y_test, config.eps, config.alpha, config.batch_size, config.seed)
         record = EpochRecord(
             epoch=epoch, lr=lr, **sums, **evaluation,
@@ -221,9 +297,10 @@ def train(
         if is_best:
             run.best_epoch = epoch
         plot = epoch == config.effective_epochs or time.monotonic() - last_plot >= CURVES_EVERY_S
-        _write_epoch(model, run, config, out_dir, is_best, augment is not None, len(x_test), plot)
+        method_state = distributed.gather_rows(run.method_state) if workers.is_distributed else run.method_state
+        distributed.on_main(_write_epoch, setup, run, method_state, is_best, len(x_test), plot)
         last_plot = time.monotonic() if plot else last_plot
-        observer.on_epoch(record, is_best)
+        setup.observer.on_epoch(record, is_best)
     return TrainResult(best=run.best, last=run.history[-1], history=list(run.history), out_dir=out_dir)
 
 
@@ -236,63 +313,83 @@ def check_out_dir(out_dir: str | Path, resume: bool) -> None:
         raise UsageError(f"{out_dir} already holds a training run; resume it (--resume) or choose another output directory")
 
 
-def _new_run(model: SequenceClassifier, config: TrainConfig, device: torch.device) -> _Run:
+def _check_shardable(n: int, batch_size: int, workers: Workers) -> None:
+    """Every rank needs rows in every batch: DDP's backward pass waits for all of them."""
+    if batch_size % workers.world_size:
+        raise UsageError(f"batch size {batch_size} (the global batch) must be divisible by the number of processes, {workers.world_size}")
+    last = n % batch_size
+    if 0 < last < workers.world_size:
+        raise UsageError(f"the last batch would hold {last} of the {n} training images, fewer than the {workers.world_size} "
+                         "processes; change the number of training examples or the batch size")
+
+
+def _new_run(model: SequenceClassifier, config: TrainConfig) -> _Run:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.effective_epochs)
-    # Separate streams so that e.g. turning augmentation on does not change the attack noise.
+    # Separate streams so that e.g. turning augmentation on does not change the data order. The
+    # attack noise has no running stream: each batch's comes from (seed, epoch, batch), so a
+    # rank can draw its shard's part of it (distributed.shard_generator).
     generators = {
         "shuffle": torch.Generator().manual_seed(config.seed),
         "augment": torch.Generator().manual_seed(config.seed + 1),
-        "attack": torch.Generator(device).manual_seed(config.seed + 2),
     }
     return _Run(optimizer, scheduler, generators, method_state={}, history=[])
 
 
 def _train_epoch(
-    model: SequenceClassifier, x_train: torch.Tensor, y_train: torch.Tensor, config: TrainConfig,
-    ctx: MethodContext, run: _Run, augment: Augment | None, observer: TrainObserver, epoch: int, out_dir: Path,
+    setup: _Setup, run: _Run, x_train: torch.Tensor, y_train: torch.Tensor, epoch: int
 ) -> dict[str, float]:
-    """One pass over the training set; returns the epoch's train_* means."""
+    """One pass over the training set; returns the epoch's train_* means (over all ranks).
+
+    Every rank draws the same order and augments the whole global batch with the same generator
+    (so the streams stay in step with a one-process run), then trains on its shard of it.
+    """
+    config, device, workers = setup.config, setup.device, setup.workers
     method = get_method(config.method)
-    device = next(model.parameters()).device
-    model.train()
-    totals = dict.fromkeys(("objective", "clean_loss", "clean_correct", "adv_loss", "adv_correct"), 0.0)
+    setup.model.train()
+    totals = [0.0] * 5  # objective, clean_loss, clean_correct, adv_loss, adv_correct: sums over examples
     order = torch.randperm(len(x_train), generator=run.generators["shuffle"])
     batches = math.ceil(len(x_train) / config.batch_size)
     for batch in range(batches):
         rows = order[batch * config.batch_size : (batch + 1) * config.batch_size]
         x = x_train[rows]
-        if augment is not None:
-            x = augment(x, generator=run.generators["augment"])
-        x, y = x.to(device), y_train[rows].to(device)
+        if setup.augment is not None:
+            x = setup.augment(x, generator=run.generators["augment"])
+        start, stop = distributed.shard_bounds(len(rows), workers)
+        x, y = x[start:stop].to(device), y_train[rows[start:stop]].to(device)
+        if isinstance(setup.trained, DataParallel):
+            setup.trained.share.weight = len(y) / len(rows)
+        noise = distributed.shard_generator((config.seed, "train", epoch, batch), device, start * x[0].numel(), workers)
         with torch.no_grad():
-            clean_logits = model(x)
-        out = method(model, x, y, ctx)
-        _check_finite(model, out.loss, epoch, batch + 1, batches, out_dir, len(run.history))
-        n = len(y)
-        totals["objective"] += out.loss.item() * n
-        totals["clean_loss"] += F.cross_entropy(clean_logits, y, reduction="sum").item()
-        totals["clean_correct"] += (clean_logits.argmax(1) == y).sum().item()
-        totals["adv_loss"] += F.cross_entropy(out.logits_adv, y, reduction="sum").item()
-        totals["adv_correct"] += (out.logits_adv.argmax(1) == y).sum().item()
-        observer.on_batch(batch * config.batch_size + n, len(x_train), n)
-    count = len(x_train)
-    return {
-        "train_objective": totals["objective"] / count,
-        "train_clean_loss": totals["clean_loss"] / count,
-        "train_clean_acc": totals["clean_correct"] / count,
-        "train_adv_loss": totals["adv_loss"] / count,
-        "train_adv_acc": totals["adv_correct"] / count,
-    }
+            clean_logits = setup.model(x)
+        with _autocast(device, setup.autocast):
+            out = method(setup.trained, x, y, dataclasses.replace(setup.ctx, generator=noise))
+        logits_adv = out.logits_adv.float()
+        sums = distributed.sum_across([
+            out.loss.item() * len(y),
+            F.cross_entropy(clean_logits, y, reduction="sum").item(),
+            (clean_logits.argmax(1) == y).sum().item(),
+            F.cross_entropy(logits_adv, y, reduction="sum").item(),
+            (logits_adv.argmax(1) == y).sum().item(),
+        ], device)
+        _check_finite(setup.model, sums[0] / len(rows), epoch, batch + 1, batches, setup.out_dir, len(run.history))
+        totals = [total + value for total, value in zip(totals, sums)]
+        setup.observer.on_batch(batch * config.batch_size + len(rows), len(x_train), len(rows))
+    names = ("train_objective", "train_clean_loss", "train_clean_acc", "train_adv_loss", "train_adv_acc")
+    return {name: total / len(x_train) for name, total in zip(names, totals)}
 
 
 def _check_finite(
-    model: SequenceClassifier, loss: torch.Tensor, epoch: int, batch: int, batches: int, out_dir: Path, last_good: int
+    model: SequenceClassifier, objective: float, epoch: int, batch: int, batches: int, out_dir: Path, last_good: int
 ) -> None:
-    """Stop at the first non-finite loss or weight, before anything of this epoch is written."""
+    """Stop at the first non-finite objective or weight, before anything of this epoch is written.
+
+    `objective` is the batch's over all ranks and the weights are the same on every rank, so
+    every rank stops at the same batch.
+    """
     what = None
-    if not torch.isfinite(loss):
-        what = f"loss {loss.item()}"
+    if not math.isfinite(objective):
+        what = f"loss {objective}"
     elif not all(torch.isfinite(p).all() for p in model.parameters()):
         what = "weights"
     if what is not None:
@@ -306,35 +403,45 @@ def _check_finite(
 def evaluate_pgd10(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, batch_size: int, seed: int
 ) -> dict[str, float]:
-    """Clean and PGD-10 loss/accuracy on (x, y) in eval mode, with the same attack noise every epoch."""
+    """Clean and PGD-10 loss/accuracy on (x, y) in eval mode and fp32, with the same attack noise
+    every epoch. Under torchrun each batch is split across the ranks and the sums are added up,
+    so every rank gets the one-process numbers (on CPU: the same noise, see shard_generator)."""
     device = next(model.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed + 3)
+    workers = distributed.current()
     was_training = model.training
     model.eval()
-    totals = dict.fromkeys(("test_clean_loss", "test_clean_acc", "test_adv_loss", "test_adv_acc"), 0.0)
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
-        x_adv = pgd(model, xb, yb, eps, alpha, EVAL_STEPS, generator=generator)
-        with torch.no_grad():
-            for kind, inputs in (("clean", xb), ("adv", x_adv)):
-                logits = model(inputs)
-                totals[f"test_{kind}_loss"] += F.cross_entropy(logits, yb, reduction="sum").item()
-                totals[f"test_{kind}_acc"] += (logits.argmax(1) == yb).sum().item()
+    totals = [0.0] * 4  # clean loss, clean correct, adversarial loss, adversarial correct
+    with _autocast(device, torch.float32):
+        for batch, begin in enumerate(range(0, len(x), batch_size)):
+            start, stop = distributed.shard_bounds(min(batch_size, len(x) - begin), workers)
+            if start == stop:
+                continue  # fewer examples left than ranks; there is no collective in this loop
+            xb, yb = x[begin + start : begin + stop].to(device), y[begin + start : begin + stop].to(device)
+            noise = distributed.shard_generator((seed, "eval", batch), device, start * xb[0].numel(), workers)
+            x_adv = pgd(model, xb, yb, eps, alpha, EVAL_STEPS, generator=noise)
+            with torch.no_grad():
+                for offset, inputs in ((0, xb), (2, x_adv)):
+                    logits = model(inputs)
+                    totals[offset] += F.cross_entropy(logits, yb, reduction="sum").item()
+                    totals[offset + 1] += (logits.argmax(1) == yb).sum().item()
     model.train(was_training)
-    return {key: value / max(len(x), 1) for key, value in totals.items()}
+    totals = distributed.sum_across(totals, device)
+    names = ("test_clean_loss", "test_clean_acc", "test_adv_loss", "test_adv_acc")
+    return {name: total / max(len(x), 1) for name, total in zip(names, totals)}
 
 
-def _checkpoint_meta(
-    model: SequenceClassifier, record: EpochRecord, config: TrainConfig, kind: str, augmented: bool, eval_examples: int
-) -> checkpoints.CheckpointMeta:
+def _checkpoint_meta(setup: _Setup, record: EpochRecord, kind: str, eval_examples: int) -> checkpoints.CheckpointMeta:
+    config = setup.config
     training = {
         **config.to_dict(),
         "threat_model": "Linf",
         "effective_epochs": config.effective_epochs,
         "optimizer": "AdamW",
         "schedule": "cosine",
-        "augment": augmented,
+        "augment": setup.augment is not None,
         "eval_attack": f"PGD-{EVAL_STEPS}",
+        "autocast": "bf16" if setup.autocast == torch.bfloat16 else "fp32",
+        "processes": setup.workers.world_size,
     }
     metrics = {
         "clean_acc": record.test_clean_acc,
@@ -346,24 +453,25 @@ def _checkpoint_meta(
         "train_adv_acc": record.train_adv_acc,
     }
     return checkpoints.CheckpointMeta(
-        config=model.config, training=training, epoch=record.epoch, kind=kind, seed=config.seed, metrics=metrics
+        config=setup.model.config, training=training, epoch=record.epoch, kind=kind, seed=config.seed, metrics=metrics
     )
 
 
 def _write_epoch(
-    model: SequenceClassifier, run: _Run, config: TrainConfig, out_dir: Path, is_best: bool, augmented: bool,
-    eval_examples: int, plot: bool,
+    setup: _Setup, run: _Run, method_state: dict[str, torch.Tensor], is_best: bool, eval_examples: int, plot: bool
 ) -> None:
     """Checkpoints, history and curves first, the resume state last: a kill in between only
-    makes the resumed run redo (identically) the epoch whose files were already written."""
-    record = run.history[-1]
+    makes the resumed run redo (identically) the epoch whose files were already written.
+
+    Rank 0 alone calls this (distributed.on_main); `method_state` holds all ranks' rows."""
+    model, out_dir, record = setup.model, setup.out_dir, run.history[-1]
     if is_best:
-        checkpoints.save(model, out_dir / BEST, _checkpoint_meta(model, record, config, "best", augmented, eval_examples))
-    checkpoints.save(model, out_dir / LAST, _checkpoint_meta(model, record, config, "last", augmented, eval_examples))
+        checkpoints.save(model, out_dir / BEST, _checkpoint_meta(setup, record, "best", eval_examples))
+    checkpoints.save(model, out_dir / LAST, _checkpoint_meta(setup, record, "last", eval_examples))
     write_history(run.history, out_dir / HISTORY)
     if plot:
-        plot_curves(run.history, out_dir / CURVES, title=f"{model.config.arch} {config.method} on {model.config.dataset}")
-    _save_state(out_dir / STATE, model, run, config)
+        plot_curves(run.history, out_dir / CURVES, title=f"{model.config.arch} {setup.config.method} on {model.config.dataset}")
+    _save_state(out_dir / STATE, model, run, method_state, setup.config)
 
 
 def _flatten(
@@ -378,11 +486,13 @@ def _flatten(
         out[f"{prefix}{name}"] = tensor.contiguous().clone()
 
 
-def _save_state(path: Path, model: SequenceClassifier, run: _Run, config: TrainConfig) -> None:
+def _save_state(
+    path: Path, model: SequenceClassifier, run: _Run, method_state: dict[str, torch.Tensor], config: TrainConfig
+) -> None:
     tensors: dict[str, torch.Tensor] = {}
     complex_names: list[str] = []
     _flatten("model.", model.state_dict(), tensors, complex_names)
-    _flatten("method.", run.method_state, tensors, complex_names)
+    _flatten("method.", method_state, tensors, complex_names)
     optimizer_state = run.optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for pid, entries in optimizer_state["state"].items():
@@ -428,10 +538,17 @@ def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
     return {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
 
 
-def _load_state(path: Path, model: SequenceClassifier, run: _Run, config: TrainConfig) -> None:
-    """Restore `run` and the model's weights; refuse a state saved with other settings."""
-    document, tensors = _read_state(path)
-    changed = sorted(k for k, v in config.to_dict().items() if document["config"].get(k) != v)
+def _load_state(
+    path: Path, document: dict[str, Any], tensors: dict[str, torch.Tensor], model: SequenceClassifier, run: _Run,
+    config: TrainConfig, workers: Workers,
+) -> None:
+    """Restore `run` and the model's weights from a state read by `_read_state` (on rank 0, then
+    shared: other nodes need not see the file); refuse a state saved with other settings.
+
+    A setting that the saved run predates counts as its default. The per-example method state is
+    stored for the whole batch, so a run can resume with another number of processes."""
+    defaults = TrainConfig().to_dict()
+    changed = sorted(k for k, v in config.to_dict().items() if document["config"].get(k, defaults[k]) != v)
     if changed:
         raise UsageError(f"{path}: resume with the settings of the saved run; these differ: {', '.join(changed)}")
     if document["model_config"] != json.loads(json.dumps(model.config.to_dict())):
@@ -439,10 +556,11 @@ def _load_state(path: Path, model: SequenceClassifier, run: _Run, config: TrainC
         raise UsageError(f"{path}: the saved run trained a different model ({saved} with other settings)")
     device = next(model.parameters()).device
     model.load_state_dict(_section(tensors, "model."), strict=True)
-    run.method_state.update({k: v.to(device) for k, v in _section(tensors, "method.").items()})
+    method_state = distributed.split_rows(_section(tensors, "method."), workers)
+    run.method_state.update({k: v.to(device) for k, v in method_state.items()})
     _load_optimizer(run.optimizer, document, tensors)
     run.scheduler.load_state_dict(document["scheduler"])
-    rng = _section(tensors, "rng.")
+    rng = _section(tensors, "rng.")  # a state from before per-batch attack noise also holds "attack": unused
     for name, generator in run.generators.items():
         generator.set_state(rng[name])
     torch.set_rng_state(rng["torch_cpu"])

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -20,11 +21,12 @@ from rich.text import Text
 
 from model_zoo.checkpoints import CheckpointMeta, file_sha256
 from model_zoo.errors import RunError, UsageError
+from model_zoo.training import distributed
 from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES, get_suite_spec
 from ssmbench.checks import FLAGS, CheckConfig
 from ssmbench.cli._common import console, parse_fraction
-from ssmbench.evaluate import EvalResult, evaluate
+from ssmbench.evaluate import EvalResult, default_device, evaluate
 from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append
 from ssmbench.loading import load_with_meta, resolve_target
 from ssmbench.records import result_row
@@ -121,10 +123,13 @@ def eval_command(
     seed: int = typer.Option(0, help="Seed of the attacks' random starts."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     state_dir: Path = typer.Option(None, help="Keep finished batches here; rerunning the same command after an interruption resumes."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model first (pays off on long GPU runs; on a CPU compiling takes minutes)."),
 ) -> None:
     """Attack a checkpoint (or a run's best and last) with an attack suite and record the result.
 
     Each attack runs only on the points still robust; the table shows clean accuracy, the robust accuracy after each attack, the worst case, and the sanity-check flags.
+
+    Under torchrun (torchrun --nproc-per-node K -m ssmbench eval ...) the batches are split across the K processes and the per-example results merged exactly; rank 0 prints and records.
 
     Example: ssmbench eval runs/s4d-pgd-digits --attack autoattack --eps 8/255
     """
@@ -137,14 +142,18 @@ def eval_command(
             raise UsageError(f"{option} must be >= 1, got {value}")
     if device is not None and device.split(":")[0] not in ("cpu", "cuda"):
         raise UsageError(f"--device must be cpu or cuda, got {device!r}")
-    options = _Options(suite, radius, batch_size, device, backend, seed, version, CheckConfig(n_examples=check_examples) if checks else None, state_dir)
+    options = _Options(suite, radius, batch_size, device, backend, seed, version, CheckConfig(n_examples=check_examples) if checks else None, state_dir, compile_model)
     run_id = uuid.uuid4().hex[:12]
     evaluated: list[_Evaluated] = []
     rows: list[ResultRow] = []
-    for name, path in _checkpoints(target):
-        item, sha256 = _evaluate_checkpoint(name, path, options, n_examples, data_dir)
-        evaluated.append(item)
-        rows.append(result_row(run_id, item.name, item.meta, item.result, sha256))
+    # Under torchrun every rank evaluates its share of the batches; "cuda" then means cuda:LOCAL_RANK.
+    with distributed.process_group(torch.device(device) if device is not None else default_device()):
+        for name, path in _checkpoints(target):
+            item, sha256 = _evaluate_checkpoint(name, path, options, n_examples, data_dir)
+            evaluated.append(item)
+            rows.append(result_row(run_id, item.name, item.meta, item.result, sha256))
+        if not distributed.current().is_main:
+            return
     _render(target, evaluated)
     if not no_leaderboard:
         append(leaderboard, rows)
@@ -164,6 +173,7 @@ class _Options:
     version: str
     checks: CheckConfig | None
     state_dir: Path | None
+    compile: bool = False
 
 
 def _evaluate_checkpoint(
@@ -174,6 +184,8 @@ def _evaluate_checkpoint(
     A failure inside the attacks (a torch RuntimeError, e.g. out of memory) is a failed run: exit 1.
     """
     model, meta = load_with_meta(path)
+    if options.compile:
+        model.compile()
     images, labels = data.load_split(meta.config.dataset, "test", data_dir)
     n = n_examples if n_examples is not None else default_examples(options.suite, len(images))
     if n > len(images):
@@ -183,7 +195,7 @@ def _evaluate_checkpoint(
            "seed": options.seed, "batch_size": options.batch_size}
     label = f"{meta.kind or name} {options.suite}"
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _SpeedColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=console, transient=True, disable=not distributed.current().is_main) as bar:
         task = bar.add_task(label, total=n)
 
         def show(done: int, total: int, attack: str) -> None:

@@ -1,4 +1,8 @@
-"""`ssmbench train ARCH --at METHOD`: adversarial training with a progress bar and resume."""
+"""`ssmbench train ARCH --at METHOD`: adversarial training with a progress bar and resume.
+
+Under torchrun every process runs this command; model_zoo.training.distributed joins them into
+one data-parallel job, and rank 0 alone prints (the run directory is written by rank 0 as well).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from pathlib import Path
 
 import torch
 import typer
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,7 +26,8 @@ from rich.text import Text
 
 from model_zoo import build_model
 from model_zoo.errors import UsageError
-from model_zoo.training import EpochRecord, check_out_dir, TrainConfig, TrainObserver, list_methods, seed_everything, train
+from model_zoo.training import EpochRecord, check_out_dir, TrainConfig, TrainObserver, distributed, list_methods, seed_everything, train
+from model_zoo.training.trainer import PRECISIONS, resolve_precision
 from ssmbench import data
 from ssmbench.cli._common import console, parse_fraction
 
@@ -105,7 +111,7 @@ def train_command(
     eps: str = typer.Option("8/255", help="Linf radius for training and the PGD-10 eval, e.g. 8/255."),
     alpha: str = typer.Option("2/255", help="Attack step size, e.g. 2/255."),
     steps: int = typer.Option(10, help="Attack steps during training (pgd, trades, mart)."),
-    batch_size: int = typer.Option(256, help="Training batch size."),
+    batch_size: int = typer.Option(256, help="Training batch size (global: under torchrun each of K processes takes 1/K of it)."),
     lr: float = typer.Option(1e-3, help="AdamW learning rate (cosine schedule to 0)."),
     weight_decay: float = typer.Option(2e-4, help="AdamW weight decay."),
     trades_beta: float = typer.Option(6.0, help="TRADES KL weight."),
@@ -122,43 +128,53 @@ def train_command(
     grad_clip: float = typer.Option(None, help="Clip the gradient norm to this value."),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA)."),
     download: bool = typer.Option(True, help="Download missing dataset files (with checksum checks)."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available; under torchrun cuda means cuda:LOCAL_RANK)."),
+    precision: str = typer.Option("auto", help="Training passes: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (CUDA only). Attack gradients and evaluation are always fp32."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (pays off on long GPU runs; on a CPU compiling takes minutes)."),
     out: Path = typer.Option(None, help="Run directory (default runs/ARCH-AT-ADS[-attn]-DATASET)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last completed epoch."),
 ) -> None:
     """Train a model with standard or adversarial training; writes best/last checkpoints,
     history.parquet and curves.png into the run directory after every epoch.
 
+    Several processes: torchrun --nproc-per-node 2 -m ssmbench train s4d --at pgd (README: Distributed and multi-node).
+
     Example: ssmbench train s4d --at pgd --ads tanh --dataset digits --epochs 20
     """
     _choose(at, list_methods(), "--at")
+    _choose(precision, list(PRECISIONS), "--precision")
     info = data.get_dataset(_choose(dataset, data.list_datasets(), "--dataset"))
     config = TrainConfig(
         method=at, epochs=epochs if epochs is not None else PAPER_EPOCHS.get(dataset, DEFAULT_EPOCHS),
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, eps=parse_fraction(eps, "--eps"),
         alpha=parse_fraction(alpha, "--alpha"), steps=steps, trades_beta=trades_beta, mart_beta=mart_beta,
         freeat_m=freeat_m, freeat_full_epochs=freeat_full_epochs, yopo_m=yopo_m, yopo_n=yopo_n,
-        eval_examples=eval_examples, train_examples=train_examples, seed=seed, grad_clip=grad_clip,
+        eval_examples=eval_examples, train_examples=train_examples, seed=seed, grad_clip=grad_clip, precision=precision,
     )
-    target = _device(device)
-    seed_everything(seed)
-    model = build_model(arch, dataset, ads=ads, attention=attention).to(target)
-    out = out or Path("runs") / f"{arch}-{at}-{ads}{'-attn' if attention else ''}-{dataset}"
-    check_out_dir(out, resume)
-    train_data = data.load_split(dataset, "train", data_dir, download)
-    test_data = data.load_split(dataset, "test", data_dir, download)
-    console.print("per epoch: train clean/adversarial acc %, test clean/PGD-10 acc %, samples/s")
-    console.print(
-        f"{arch} ({ads} AdS{', attention' if attention else ''}) on {dataset}, {at}, eps {config.eps:.4f}, "
-        f"{config.effective_epochs} epochs, device {target} -> {out}"
-    )
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _SpeedColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        result = train(model, train_data, test_data, config, out, augment=data.augment if info.augment else None,
-                       observer=_RichObserver(progress), resume=resume)
-    console.print(_summary(result.best, result.last))
-    console.print(f"wrote {result.best_path}, {result.last_path}, {out / 'history.parquet'}, {out / 'curves.png'}")
+    with distributed.process_group(_device(device)) as target:
+        resolve_precision(precision, target)  # refuse bf16 on a CPU before loading anything
+        workers = distributed.current()
+        say = console if workers.is_main else Console(quiet=True)
+        seed_everything(seed)
+        model = build_model(arch, dataset, ads=ads, attention=attention).to(target)
+        out = out or Path("runs") / f"{arch}-{at}-{ads}{'-attn' if attention else ''}-{dataset}"
+        distributed.on_main(check_out_dir, out, resume)
+        train_data = data.load_split(dataset, "train", data_dir, download)
+        test_data = data.load_split(dataset, "test", data_dir, download)
+        processes = f" x {workers.world_size} processes" if workers.is_distributed else ""
+        say.print("per epoch: train clean/adversarial acc %, test clean/PGD-10 acc %, samples/s")
+        say.print(
+            f"{arch} ({ads} AdS{', attention' if attention else ''}) on {dataset}, {at}, eps {config.eps:.4f}, "
+            f"{config.effective_epochs} epochs, device {target}{processes} -> {out}"
+        )
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _SpeedColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=say, transient=True, disable=not workers.is_main) as progress:
+            observer = _RichObserver(progress) if workers.is_main else TrainObserver()
+            result = train(model, train_data, test_data, config, out, augment=data.augment if info.augment else None,
+                           observer=observer, resume=resume, compile_model=compile_model)
+    say.print(_summary(result.best, result.last))
+    say.print(f"wrote {result.best_path}, {result.last_path}, {out / 'history.parquet'}, {out / 'curves.png'}")
 
 
 def register(app: typer.Typer) -> None:
