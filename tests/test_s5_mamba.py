@@ -128,7 +128,8 @@ def test_chunked_scan_equals_sequential_in_values_and_gradients(length: int, chu
 def test_chunked_scan_in_float32_matches_float64_reference() -> None:
     inputs = scan_inputs(4, 37, 6, 8, torch.float32, seed=1)
     grad_out = torch.randn(4, 37, 6)
-    expected = value_and_grads(selective_scan_sequential, [t.detach().double().requires_grad_() for t in inputs], grad_out.double())
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    expected = value_and_grads(selective_scan_sequential, inputs64, grad_out.double())
     got = value_and_grads(lambda *t: selective_scan(*t, chunk_size=16), inputs, grad_out)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, TypeVar
 
 import torch
@@ -109,7 +110,9 @@ class _ScanInputs:
     floor: bool
 
     @classmethod
-    def prepare(cls, u: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, chunk_size: int) -> "_ScanInputs":
+    def prepare(
+        cls, u: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, chunk_size: int
+    ) -> "_ScanInputs":
         # Tiles are sliced from these hundreds of times: make them dense once.
         u, dt, a, b, c = (t.contiguous() for t in (u, dt, a, b, c))
         batch, length, width = u.shape
@@ -255,7 +258,7 @@ class _SelectiveScan(torch.autograd.Function):
         batch, length, width = data.u.shape
         y = data.u.new_empty(batch, length, width)
         starts = data.u.new_empty(batch, len(data.chunks), width, data.a.shape[1])
-        _over_workers(lambda share: _forward_blocks(data, share, y, starts), data.blocks, data.u.is_cpu)
+        _over_workers(partial(_forward_blocks, data, y=y, starts=starts), data.blocks, data.u.is_cpu)
         ctx.save_for_backward(data.u, data.dt, data.a, data.b, data.c, starts)
         ctx.chunk_size = chunk_size
         return y
@@ -267,9 +270,8 @@ class _SelectiveScan(torch.autograd.Function):
         data = _ScanInputs.prepare(u, dt, a, b, c, ctx.chunk_size)
         grad_y = grad_y.contiguous()
         grads = _Grads(torch.empty_like(u), torch.empty_like(dt), torch.empty_like(b), torch.empty_like(c))
-        grad_a = sum(
-            _over_workers(lambda share: _backward_blocks(data, share, grad_y, starts, grads), data.blocks, data.u.is_cpu)
-        )
+        work = partial(_backward_blocks, data, grad_y=grad_y, starts=starts, grads=grads)
+        grad_a = sum(_over_workers(work, data.blocks, data.u.is_cpu))
         grads.dt.addcmul_(grads.dtu, u)
         return grads.dtu * dt, grads.dt, grad_a, grads.b, grads.c, None
 
@@ -281,7 +283,7 @@ def selective_scan(
 
     u, dt: (B, L, D) with dt > 0; a: (D, N) with a < 0; b, c: (B, L, N). Returns (B, L, D).
     Any L works: the last chunk is simply shorter. Memory beyond the inputs is the state at each
-    chunk start (B * ceil(L / chunk_size) * D * N) plus four cache-sized work tiles.
+    chunk start (B * ceil(L / chunk_size) * D * N) plus four cache-sized work tiles per worker thread.
     """
     if chunk_size < 1:
         raise ZooError(f"chunk_size must be a positive integer, got {chunk_size}")
