@@ -18,6 +18,7 @@ among that many Python worker threads running single-threaded operations (see `_
 
 from __future__ import annotations
 
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -287,7 +288,29 @@ def selective_scan(
     """
     if chunk_size < 1:
         raise ZooError(f"chunk_size must be a positive integer, got {chunk_size}")
+    fused = mamba_ssm_scan() if u.is_cuda else None
+    if fused is not None:
+        # mamba-ssm's fused kernel wants channels-first (B, D, L) and (B, N, L).
+        def first(t: torch.Tensor) -> torch.Tensor:
+            return t.transpose(1, 2).contiguous()
+
+        return fused(first(u), first(dt), a.contiguous(), first(b), first(c)).transpose(1, 2)
     return _SelectiveScan.apply(u, dt, a, b, c, chunk_size)
+
+
+@functools.cache
+def mamba_ssm_scan() -> Callable[..., torch.Tensor] | None:
+    """mamba-ssm's fused CUDA selective scan when that optional package is installed, else None.
+
+    It computes the same y_t = sum_n C_t[n] h_t[:, n] (checked against our scan in
+    tests/test_mamba_cuda.py wherever CUDA and mamba-ssm are present); mamba-ssm is CUDA-only and
+    ships no wheel, so it is an optional extra (`pip install -e '.[cuda]'`), never required.
+    """
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except ImportError:
+        return None
+    return selective_scan_fn
 
 
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
