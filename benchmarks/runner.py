@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 Step = Callable[[], "dict[str, Any] | None"]
-# The child's pipe message: (status, payload); status "ok" carries a Measurement's fields.
+# Imported once by the forkserver, so that each measuring child starts with them loaded.
 _PRELOAD = ["torch", "model_zoo", "model_zoo.training", "ssmbench.attacks", "benchmarks"]
 _OOM_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory")
 
@@ -57,7 +57,7 @@ class Task:
     """One side of a comparison: `setup(device=..., **params)` returns the step to time.
 
     `setup` must be a module-level function (the child imports it by name). The step may return a
-    dict of results (e.g. robust accuracy); the last repeat's dict is reported as `info`.
+    dict of results (e.g. robust accuracy), which is reported as `info`.
     """
 
     label: str
@@ -69,7 +69,11 @@ class Task:
 
 @dataclass(frozen=True)
 class Measurement:
-    """What one task measured. status: ok, skipped (not run; `note` says why) or failed."""
+    """What one task measured. status: ok, skipped (not run; `note` says why) or failed.
+
+    `info` is what the step returned in the repeat whose time is the median (the upper middle one
+    for an even count); `load_average` is the machine's 1-minute load when the timing ended.
+    """
 
     label: str
     status: str
@@ -78,6 +82,7 @@ class Measurement:
     peak_rss_mb: float | None = None
     peak_cuda_mb: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    load_average: float | None = None
     note: str = ""
 
     @property
@@ -170,7 +175,8 @@ def _death_note(exitcode: int | None) -> str:
 
 
 def _child_main(sender: Any, task: Task, options: RunOptions) -> None:
-    """Entry point of a measuring child: apply the limits, measure, send (status, payload)."""
+    """Entry point of a measuring child: apply the limits, measure, and send (status, payload):
+    ("ok", the Measurement's fields) or ("failed", the reason)."""
     # CUDA reserves far more address space than memory, so the cap only applies on CPU.
     if options.memory_cap_mb is not None and torch.device(options.device).type == "cpu":
         cap = options.memory_cap_mb * 1024 * 1024
@@ -201,22 +207,24 @@ def measure_here(task: Task, device: str = "cpu") -> dict[str, Any]:
     reset_peak_rss()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    info: dict[str, Any] | None = None
     for _ in range(task.warmup):
-        info = step()
-    times = []
+        step()
+    runs = []
     for _ in range(task.repeats):
         _synchronize(cuda)
         started = time.perf_counter()
         info = step()
         _synchronize(cuda)
-        times.append(time.perf_counter() - started)
+        runs.append((time.perf_counter() - started, info or {}))
+    times = tuple(seconds for seconds, _ in runs)
+    median_info = sorted(runs, key=lambda run: run[0])[len(runs) // 2][1] if runs else {}
     return {
         "seconds": statistics.median(times) if times else None,
-        "times": tuple(times),
+        "times": times,
         "peak_rss_mb": peak_rss_mb(),
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-        "info": dict(info or {}),
+        "info": dict(median_info),
+        "load_average": load_average(),
     }
 
 
@@ -323,6 +331,11 @@ def _megabytes(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _load(row: Row) -> str:
+    loads = [m.load_average if m.ok else None for m in (row.ours, row.baseline)]
+    return " / ".join("-" if load is None else f"{load:.1f}" for load in loads)
+
+
 def _field(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -344,18 +357,23 @@ def row_cells(row: Row) -> list[str]:
         "-" if ratio is None or not math.isfinite(ratio) else f"{ratio:.2f}x",
         _megabytes(row.ours.peak_rss_mb) + (f" (GPU {peak})" if peak else ""),
         _megabytes(row.baseline.peak_rss_mb),
+        _load(row),
         "; ".join(notes),
     ]
 
 
-COLUMNS = ("benchmark", "case", "baseline", "ours (s)", "baseline (s)", "speed-up", "ours peak MB", "baseline peak MB", "notes")
+COLUMNS = (
+    "benchmark", "case", "baseline", "ours (s)", "baseline (s)", "speed-up", "ours peak MB", "baseline peak MB",
+    "load", "notes",
+)
 
 
 def render_markdown(machine: dict[str, Any], scale: str, rows: list[Row]) -> str:
     """A markdown table of the rows under a line that names the machine and the run."""
     lines = [
         f"Machine: {machine_line(machine)}. Scale: {scale}. Times are medians of wall seconds; "
-        "speed-up = baseline / ours; peak MB = peak RSS of the process that ran that side alone.",
+        "speed-up = baseline / ours; peak MB = peak RSS of the process that ran that side alone; "
+        "load = the 1-minute load average when each side's timing ended (ours / baseline).",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",

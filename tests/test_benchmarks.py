@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import benchmarks
 from benchmarks import BENCHMARKS, Report, RunOptions, Task, run_benchmarks
 from benchmarks.mamba import MAMBAPY_INSTALL, use_mambapy
 from benchmarks.mixers import ARCHS, tiny_overrides, use_recurrences
-from benchmarks.runner import cpu_model, measure
+from benchmarks.runner import cpu_model, measure, measure_here
 from model_zoo import build_model, list_models
 from model_zoo.layers import mamba as mamba_layer
 from ssmbench.cli import main
@@ -105,10 +106,28 @@ def test_each_task_reports_its_own_peak_memory() -> None:
     large = measure(Task("large", setup_allocate, {"megabytes": 256}, warmup=0, repeats=1), options)
     after = measure(Task("small again", setup_allocate, {"megabytes": 1}, warmup=0, repeats=1), options)
     assert small.ok and large.ok and after.ok
-    assert len(small.times) == 2 and small.seconds > 0 and small.info == {"sum": 10.0}
+    assert len(small.times) == 2 and small.seconds > 0 and small.info == {"sum": 10.0} and small.load_average >= 0
     assert 230 < large.peak_rss_mb - small.peak_rss_mb < 400
     # A fresh process per task: the large allocation is not charged to the task after it.
     assert abs(after.peak_rss_mb - small.peak_rss_mb) < 40
+
+
+def setup_sleeps(device: str, pauses: list[float]) -> benchmarks.runner.Step:
+    """A step that sleeps for the next of `pauses` and reports which one it was."""
+    remaining = list(pauses)
+
+    def step() -> dict[str, float]:
+        pause = remaining.pop(0)
+        time.sleep(pause)
+        return {"pause": pause}
+
+    return step
+
+
+def test_median_time_and_the_info_of_that_repeat() -> None:
+    measured = measure_here(Task("sleeps", setup_sleeps, {"pauses": [0.5, 0.09, 0.03, 0.15]}, warmup=1, repeats=3))
+    assert measured["seconds"] == pytest.approx(0.09, abs=0.03) and len(measured["times"]) == 3
+    assert measured["info"] == {"pause": 0.09}
 
 
 def test_failures_and_the_memory_cap_become_notes() -> None:
