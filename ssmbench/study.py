@@ -66,7 +66,7 @@ from model_zoo.layers import MIXERS
 from model_zoo.training import TrainConfig, TrainObserver, list_methods, read_history, seed_everything, train
 from model_zoo.training.trainer import BEST, LAST, STATE
 from ssmbench import data
-from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES, get_suite_spec
+from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, get_suite_spec
 from ssmbench.checks import CheckConfig
 from ssmbench.evaluate import EvalResult, evaluate
 from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append, read

@@ -2,49 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
-import ssmbench
 from ssmbench import attack_backends
-from model_zoo import build_model, checkpoints
 from model_zoo.errors import UsageError
 from ssmbench.attacks import FGSM, PGD, AttackSettings, Suite, build_suite, get_attack, predict
-from ssmbench.data import load_split
 
 EPS = 8 / 255
-
-
-def trained_digits_model(cache: Path) -> nn.Module:
-    """A tiny S4D trained with plain Adam on digits (~84% clean, ~62% PGD-10 at 8/255), cached per session."""
-    path = cache / "st-s4d-d32-digits.safetensors"
-    if not path.exists():
-        torch.manual_seed(0)
-        x, y = load_split("digits", "train")
-        model = build_model("s4d", "digits", d_model=32, d_state=16, n_layers=1)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(25):
-            for idx in torch.randperm(len(x)).split(64):
-                optimizer.zero_grad()
-                F.cross_entropy(model(x[idx]), y[idx]).backward()
-                optimizer.step()
-        checkpoints.save(model, path, checkpoints.CheckpointMeta(config=model.config, training={"method": "st"}, kind="best"))
-    return ssmbench.load(path)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
-    return trained_digits_model(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def test_set() -> tuple[torch.Tensor, torch.Tensor]:
-    return load_split("digits", "test")
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

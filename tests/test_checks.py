@@ -3,15 +3,11 @@ criterion triggers exactly at its documented threshold."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-import ssmbench
-from model_zoo import build_model, checkpoints
 from model_zoo.errors import UsageError
 from ssmbench.attack_backends import AutoAttackPart
 from ssmbench.attacks import AttackSettings
@@ -24,27 +20,9 @@ from ssmbench.checks import (
     check_randomness,
     margin_loss,
 )
-from ssmbench.data import load_split
 from ssmbench.evaluate import evaluate
 
 EPS = 8 / 255
-
-
-def trained_digits_model(cache: Path, epochs: int = 25) -> nn.Module:
-    """A tiny S4D trained with plain Adam on digits (25 epochs: ~84% clean, ~62% PGD-10 at 8/255), cached per session."""
-    path = cache / ("st-s4d-d32-digits.safetensors" if epochs == 25 else f"st-s4d-d32-digits-{epochs}.safetensors")
-    if not path.exists():
-        torch.manual_seed(0)
-        x, y = load_split("digits", "train")
-        model = build_model("s4d", "digits", d_model=32, d_state=16, n_layers=1)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(epochs):
-            for idx in torch.randperm(len(x)).split(64):
-                optimizer.zero_grad()
-                F.cross_entropy(model(x[idx]), y[idx]).backward()
-                optimizer.step()
-        checkpoints.save(model, path, checkpoints.CheckpointMeta(config=model.config, training={"method": "st"}, kind="best"))
-    return ssmbench.load(path)
 
 
 class Quantized(nn.Module):
@@ -89,19 +67,9 @@ class NanGradient(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
-    return trained_digits_model(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def test_set() -> tuple[torch.Tensor, torch.Tensor]:
-    return load_split("digits", "test")
-
-
-@pytest.fixture(scope="module")
-def underfit(tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
+def underfit(trained_digits_model) -> nn.Module:
     """8 epochs (~62% clean): CE-PGD stalls on a few examples that a margin loss breaks, which is not masking."""
-    return trained_digits_model(tmp_path_factory.getbasetemp(), epochs=8)
+    return trained_digits_model(epochs=8)
 
 
 @pytest.mark.parametrize("which", ["model", "underfit"])
