@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
+# Set before torch is imported (pytest loads this file first): the suite trains many small models
+# and spawns worker processes (torchrun ranks, concurrent leaderboard writers) on a 2-core CI
+# machine, where several multi-threaded OpenMP pools spinning at once stall each other.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import ssmbench
-from model_zoo import build_model, checkpoints
-from ssmbench.data import load_split
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import ssmbench  # noqa: E402
+from model_zoo import build_model, checkpoints  # noqa: E402
+from ssmbench.data import load_split  # noqa: E402
 
 
 def train_digits_s4d(cache: Path, epochs: int = 25) -> nn.Module:
