@@ -153,9 +153,11 @@ class PGD(Attack):
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         x_adv = x.clone()
         todo = torch.arange(len(x), device=x.device)
-        for _ in range(self.restarts):
+        for restart in range(self.restarts):
             found = perturb.pgd(model, x[todo], y[todo], self.eps, self.alpha, self.steps, loss_fn=self.loss_fn, generator=generator)
             x_adv[todo] = found
+            if restart + 1 == self.restarts:
+                break  # the caller judges success; one more forward here would cost ~3% of PGD-10
             todo = todo[predict(model, found) == y[todo]]
             if todo.numel() == 0:
                 break

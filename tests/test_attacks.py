@@ -51,6 +51,30 @@ def test_pgd_agrees_with_torchattacks_pgd(model, test_set) -> None:
     assert abs(ours - theirs) <= 0.01
 
 
+class CountingModel(nn.Module):
+    """Counts forward passes with and without a graph (attack steps vs predictions)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.calls = {"grad": 0, "no_grad": 0}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls["grad" if torch.is_grad_enabled() else "no_grad"] += 1
+        return self.model(x)
+
+
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_pgd_costs_steps_gradient_passes_per_restart_and_one_prediction(model, test_set, restarts) -> None:
+    """PGD-10 is 10 forward+backward passes and the one forward that decides success, like
+    torchattacks.PGD: a restart loop that also predicts after its last restart costs ~3% more."""
+    x, y = test_set
+    counting = CountingModel(model)
+    eps = 1.0  # every restart fools everything left, so restarts after the first have nothing to do
+    PGD(eps, steps=10, restarts=restarts)(counting, x, y)
+    assert counting.calls == {"grad": 10, "no_grad": 1 + (restarts > 1)}
+
+
 def test_eps_zero_gives_clean_accuracy_exactly(model, test_set) -> None:
     x, y = test_set
     result = build_suite("pgd10", AttackSettings(0.0)).run(model, x, y)

@@ -52,9 +52,10 @@ def selective_scan_sequential(
     """
     h = u.new_zeros(u.shape[0], u.shape[2], a.shape[1])
     outputs = []
-    for t in range(u.shape[1]):
-        h = torch.exp(dt[:, t, :, None] * a) * h + (dt[:, t] * u[:, t])[:, :, None] * b[:, t, None, :]
-        outputs.append((h * c[:, t, None, :]).sum(-1))
+    # unbind, not dt[:, t]: each indexing op's backward would allocate a zero tensor of the whole sequence
+    for u_t, dt_t, b_t, c_t in zip(u.unbind(1), dt.unbind(1), b.unbind(1), c.unbind(1)):
+        h = torch.exp(dt_t[:, :, None] * a) * h + (dt_t * u_t)[:, :, None] * b_t[:, None, :]
+        outputs.append((h * c_t[:, None, :]).sum(-1))
     return torch.stack(outputs, dim=1)
 
 

@@ -13,7 +13,9 @@ sequence is the causal convolution of B_bar u with the per-state kernel Lambda_b
 2L samples per (sequence, state) computes it with O(L log L) work in a handful of large, fully
 vectorized calls, with no loop at all; a scan would need log-depth passes over the same
 (B, L, P/2) complex tensor. The kernel powers have modulus exp(dt Re Lambda)^l <= 1, so nothing
-grows.
+grows. Measured on a 2-core CPU (MNIST preset, L = 784, batch 64, fwd+bwd), this path runs level
+with the step-by-step recurrence (0.98x, `ssmbench bench mixers`): the (B, 2L, P/2) complex FFTs
+cost as much as the loop saves there, unlike S4/DSS/S4D whose kernels need no per-state FFT.
 """
 
 from __future__ import annotations
