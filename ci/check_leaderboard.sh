@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Fails (exit 1) when the committed leaderboards/README.md is not what results.parquet renders to,
-# so a PR that adds results also carries the regenerated markdown. Called by .ci/run and by
-# ci/publish-leaderboard.yml; PYTHON picks the interpreter that has ssmbench installed.
+# Fails (exit 1) when a committed leaderboard markdown is not what its Parquet file renders to, so
+# a PR that adds results also carries the regenerated markdown. Pairs: leaderboards/results.parquet
+# -> leaderboards/README.md (the main leaderboard), leaderboards/NAME.parquet -> leaderboards/NAME.md
+# (a study kept apart, e.g. long-training). Called by .ci/run and by ci/publish-leaderboard.yml;
+# PYTHON picks the interpreter that has ssmbench installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+shopt -s nullglob
 
-results=leaderboards/results.parquet
-if [[ ! -f $results ]]; then
-  echo "check_leaderboard: no $results yet; nothing to check"
+results=(leaderboards/*.parquet)
+if (( ${#results[@]} == 0 )); then
+  echo "check_leaderboard: no leaderboards/*.parquet yet; nothing to check"
   exit 0
 fi
-exec "${PYTHON:-python}" -m ssmbench leaderboard publish --path "$results" --out leaderboards/README.md --check
+for parquet in "${results[@]}"; do
+  name=$(basename "$parquet" .parquet)
+  markdown=leaderboards/$name.md
+  [[ $name == results ]] && markdown=leaderboards/README.md
+  "${PYTHON:-python}" -m ssmbench leaderboard publish --path "$parquet" --out "$markdown" --check
+done

@@ -388,3 +388,14 @@ def test_ci_check_script_skips_without_results_then_checks(tmp_path: Path, resul
     (checkout / "leaderboards" / "README.md").write_text("# an old leaderboard\n", encoding="utf-8")
     stale = run()
     assert stale.returncode == 1 and "stale" in stale.stderr
+    assert main(["leaderboard", "publish", "--path", str(checkout / "leaderboards" / "results.parquet"),
+                 "--out", str(checkout / "leaderboards" / "README.md")]) == 0
+    assert run().returncode == 0
+
+    # A study kept in its own file (NAME.parquet -> NAME.md) is checked too.
+    shutil.copy(results, checkout / "leaderboards" / "long-training.parquet")
+    (checkout / "leaderboards" / "long-training.md").write_text("# stale\n", encoding="utf-8")
+    stale_study = run()
+    assert stale_study.returncode == 1 and "long-training.md" in stale_study.stderr
+    shutil.copy(checkout / "leaderboards" / "README.md", checkout / "leaderboards" / "long-training.md")
+    assert run().returncode == 0
