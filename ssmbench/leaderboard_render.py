@@ -91,14 +91,22 @@ def _round_eps(value: float) -> float:
     return round(value, 6)
 
 
+def table_key(row: ResultRow) -> TableKey:
+    """The table a row belongs to."""
+    return TableKey(row.dataset, row.threat_model, _round_eps(row.eps))
+
+
+def family(row: ResultRow) -> Family:
+    """The model family a row measures: its line in a table."""
+    return Family(row.arch, row.ads, row.attention, row.method, _round_eps(row.train_eps))
+
+
 def newest_per_cell(rows: Iterable[ResultRow]) -> dict[Cell, ResultRow]:
     """The newest row for each (table, family, checkpoint kind, suite): a re-evaluation replaces
     older numbers. Ties in time go to the larger run id, so the choice never depends on row order."""
     newest: dict[Cell, ResultRow] = {}
     for row in rows:
-        table = TableKey(row.dataset, row.threat_model, _round_eps(row.eps))
-        family = Family(row.arch, row.ads, row.attention, row.method, _round_eps(row.train_eps))
-        cell = (table, family, row.checkpoint_kind, row.suite)
+        cell = (table_key(row), family(row), row.checkpoint_kind, row.suite)
         kept = newest.get(cell)
         if kept is None or (row.timestamp, row.run_id) > (kept.timestamp, kept.run_id):
             newest[cell] = row

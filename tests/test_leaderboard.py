@@ -323,6 +323,25 @@ def test_cli_show_filters_and_prints_percentages(results: Path, capsys, monkeypa
     assert f"{results}: 12 results" in out
 
 
+def test_cli_show_fits_80_columns_without_cutting_numbers(results: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(cli_leaderboard.console, "width", 80)
+    assert main(["leaderboard", "show", "--path", str(results)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    text = "\n".join(lines)
+    for number in ("91.25", "48.25", "10.00", "87.12", "53.01", "97.00", "90.00"):
+        assert number in text  # no percentage squeezed into an ellipsis
+    assert "digits, Linf eps 8/255" in text and "mnist, Linf eps 8/255" in text  # one table per dataset and eps
+    assert "46.50\u2020" in text and "(b2): zero-gradients" in text  # flagged: marked, its flags listed below
+
+
+def test_cli_show_wide_lists_provenance(results: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(cli_leaderboard.console, "width", 400)
+    assert main(["leaderboard", "show", "--wide", "--path", str(results), "--arch", "s5"]) == 0
+    out = capsys.readouterr().out
+    assert "m1" in out and "torch" in out and "cpu" in out
+
+
 def test_cli_export_csv(results: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "export" / "results.csv"
     assert main(["leaderboard", "export", "--format", "csv", "--out", str(out), "--path", str(results)]) == 0

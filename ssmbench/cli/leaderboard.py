@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timezone
 from enum import Enum
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.table import Table
 
 from model_zoo.errors import RunError
 from ssmbench import leaderboard
 from ssmbench.cli._common import console
-from ssmbench.leaderboard_render import format_eps, percent
+from ssmbench.leaderboard_render import FLAG_MARK, METHOD_NAMES, SUITES, TableKey, family, format_eps, percent, table_key
 
 leaderboard_app = typer.Typer(help="Show, publish and export the results leaderboard.", no_args_is_help=True)
 
@@ -29,9 +31,11 @@ def show_command(
     dataset: str | None = DATASET_OPTION,
     arch: str | None = ARCH_OPTION,
     method: str | None = METHOD_OPTION,
+    wide: bool = typer.Option(False, "--wide", help="Every field of every row (model path, versions, device...)."),
     path: Path = PATH_OPTION,
 ) -> None:
-    """List every result in the results file, oldest first, with its sanity flags.
+    """List every result in the results file, oldest first, with its sanity flags: one table per
+    dataset and eps, narrow enough for an 80-column terminal (--wide for every field).
 
     Example: ssmbench leaderboard show --dataset digits --method pgd
     """
@@ -39,19 +43,59 @@ def show_command(
     if not rows:
         console.print(f"No results in {path} match these filters.")
         return
-    table = Table(title=f"{path}: {len(rows)} results", title_justify="left")
-    for column in ("time", "model", "dataset", "arch", "ads", "attn", "method", "train eps", "ckpt",
-                   "suite", "eps", "n", "CA %", "robust %", "flags"):
-        justify = "right" if column in ("n", "CA %", "robust %") else "left"
-        table.add_column(column, justify=justify)
+    console.print(f"{path}: {len(rows)} results")
+    render = _wide_table if wide else _compact_table
+    tables: dict[TableKey, list[leaderboard.ResultRow]] = {}
+    for row in rows:
+        tables.setdefault(table_key(row), []).append(row)
+    for key, group in tables.items():
+        console.print(render(f"{key.dataset}, {key.threat_model} eps {format_eps(key.eps)}", group))
+        flagged = [row for row in group if row.flags]
+        if flagged and not wide:
+            for row in flagged:
+                console.print(f"{FLAG_MARK} {family(row).label}, {_method(row)}, {row.checkpoint_kind or '-'}, "
+                              f"{SUITES.get(row.suite, (row.suite,))[0]} ({row.run_id}): {', '.join(row.flags)}")
+            console.print()
+
+
+def _compact_table(title: str, rows: list[leaderboard.ResultRow]) -> Table:
+    """The columns that tell results apart, about 78 characters wide: the family label says
+    architecture, AdS and attention; a flagged result gets a mark, its flags are listed below."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("model", min_width=16)  # the one column that wraps: 'dss + AdS (sigmoid) + attention'
+    for column, width in (("method", 6), ("ckpt", 4), ("suite", 6), ("n", 4), ("CA %", 5), ("RA %", 6), ("time (UTC)", 11)):
+        table.add_column(column, justify="right" if "%" in column or column == "n" else "left", min_width=width, no_wrap=True)
     for row in rows:
         table.add_row(
-            row.time, row.model, row.dataset, row.arch, row.ads, "yes" if row.attention else "no",
-            row.method, format_eps(row.train_eps), row.checkpoint_kind or "-", row.suite,
-            f"{row.threat_model} {format_eps(row.eps)}", str(row.n_examples),
-            str(percent(row.clean_acc)), str(percent(row.robust_acc)), ", ".join(row.flags) or "-",
+            family(row).label, _method(row), row.checkpoint_kind or "-", SUITES.get(row.suite, (row.suite,))[0],
+            str(row.n_examples), str(percent(row.clean_acc)), f"{percent(row.robust_acc)}{FLAG_MARK if row.flags else ''}",
+            row.timestamp.astimezone(timezone.utc).strftime("%m-%d %H:%M"),
         )
-    console.print(table)
+    return table
+
+
+def _wide_table(title: str, rows: list[leaderboard.ResultRow]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("time", "run", "model", "arch", "ads", "attn", "method", "train eps", "ckpt", "suite",
+                   "backend", "n", "CA %", "robust %", "flags", "device", "seconds", "versions"):
+        table.add_column(column, justify="right" if column in ("n", "CA %", "robust %", "seconds") else "left")
+    for row in rows:
+        table.add_row(
+            row.time, row.run_id, row.model, row.arch, row.ads, "yes" if row.attention else "no", row.method,
+            format_eps(row.train_eps), row.checkpoint_kind or "-", row.suite, f"{row.backend} {row.backend_version}",
+            str(row.n_examples), str(percent(row.clean_acc)), str(percent(row.robust_acc)),
+            ", ".join(row.flags) or "-", row.device, f"{row.wall_seconds:.0f}",
+            f"ssmbench {row.ssmbench_version}, torch {row.torch_version}",
+        )
+    return table
+
+
+def _method(row: leaderboard.ResultRow) -> str:
+    """'PGD-AT', with the training eps when it is not the evaluation eps (e.g. 'PGD-AT 4/255')."""
+    label = METHOD_NAMES.get(row.method, row.method)
+    if row.train_eps and abs(row.train_eps - row.eps) > 1e-6:
+        label += f" {format_eps(row.train_eps)}"
+    return label
 
 
 @leaderboard_app.command("publish")
@@ -68,8 +112,8 @@ def publish_command(
     """
     if check:
         if not leaderboard.markdown_is_fresh(path, out):
-            raise RunError(f"{out} is stale: it is not what {path} renders to; run `ssmbench leaderboard publish` "
-                           "and commit the result")
+            raise RunError(f"{out} is stale: it is not what {path} renders to; run `ssmbench leaderboard publish "
+                           f"--path {path} --out {out}` and commit the result")
         console.print(f"{out} is up to date with {path}")
         return
     leaderboard.publish(path, out)
