@@ -1,14 +1,50 @@
-"""Helpers shared by the command modules: the console and value parsers."""
+"""Helpers shared by the command modules: the console, the progress bar and value parsers."""
 
 from __future__ import annotations
 
 from fractions import Fraction
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from model_zoo.errors import UsageError
 
 console = Console(highlight=False)
+
+
+class SpeedColumn(ProgressColumn):
+    """Items per second over rich's recent window (blank until it has two updates)."""
+
+    def __init__(self, unit: str, decimals: int) -> None:
+        super().__init__()
+        self.unit = unit
+        self.decimals = decimals
+
+    def render(self, task: Task) -> Text:
+        return Text("" if task.speed is None else f"{task.speed:,.{self.decimals}f} {self.unit}/s")
+
+
+def progress_bar(out: Console = console, unit: str | None = "samples", decimals: int = 0, disable: bool = False) -> Progress:
+    """The bar every long command shows: description, bar, done/total, throughput, elapsed, ETA.
+
+    Transient, so a finished bar leaves only what the command printed; `disable` for the ranks of a
+    distributed run that are not rank 0. `unit=None` drops the throughput column.
+    """
+    columns: list[ProgressColumn] = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if unit is not None:
+        columns.append(SpeedColumn(unit, decimals))
+    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
+    return Progress(*columns, console=out, transient=True, disable=disable)
 
 
 def parse_fraction(text: str, name: str = "value") -> float:

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import torch
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
 
 from model_zoo.checkpoints import CheckpointMeta, file_sha256
 from model_zoo.errors import RunError, UsageError
@@ -25,7 +23,7 @@ from model_zoo.training import distributed
 from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES, get_suite_spec
 from ssmbench.checks import FLAGS, CheckConfig
-from ssmbench.cli._common import console, parse_fraction
+from ssmbench.cli._common import console, parse_fraction, progress_bar
 from ssmbench.evaluate import EvalResult, default_device, evaluate
 from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append
 from ssmbench.loading import load_with_meta, resolve_target
@@ -44,12 +42,6 @@ class _Evaluated:
     meta: CheckpointMeta
     result: EvalResult
 
-
-class _SpeedColumn(ProgressColumn):
-    """Samples per second over rich's recent window (blank until it has two updates)."""
-
-    def render(self, task: Task) -> Text:
-        return Text("" if task.speed is None else f"{task.speed:,.1f} samples/s")
 
 
 def _choose(value: str, choices: tuple[str, ...] | list[str], option: str) -> str:
@@ -194,8 +186,7 @@ def _evaluate_checkpoint(
     key = {"suite": options.suite, "version": options.version, "eps": options.eps, "n": n, "backend": options.backend,
            "seed": options.seed, "batch_size": options.batch_size}
     label = f"{meta.kind or name} {options.suite}"
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _SpeedColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True, disable=not distributed.current().is_main) as bar:
+    with progress_bar(decimals=1, disable=not distributed.current().is_main) as bar:
         task = bar.add_task(label, total=n)
 
         def show(done: int, total: int, attack: str) -> None:

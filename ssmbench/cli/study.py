@@ -11,23 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 from rich.table import Table
-from rich.text import Text
 
 from model_zoo.checkpoints import atomic_write_bytes
 from model_zoo.errors import RunError, UsageError
 from model_zoo.training import EpochRecord
-from ssmbench.cli._common import console, parse_fraction
+from ssmbench.cli._common import console, parse_fraction, progress_bar
 from ssmbench.leaderboard import DEFAULT_RESULTS
 from ssmbench.study import (
     DONE,
@@ -48,12 +38,6 @@ from ssmbench.study import (
     run_study,
 )
 
-
-class _SpeedColumn(ProgressColumn):
-    """Samples per second over rich's recent window (blank until it has two updates)."""
-
-    def render(self, task: Task) -> Text:
-        return Text("" if task.speed is None else f"{task.speed:,.0f} samples/s")
 
 
 class _RichObserver(StudyObserver):
@@ -211,9 +195,7 @@ def study_command(
     if dry_run:
         _print_plan(plan(study, selection), study)
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _SpeedColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with progress_bar() as progress:
         report = run_study(study, _RichObserver(progress), shard=selection, device=device, data_dir=data_dir)
     text = render_study(study)
     # Raw markdown, not rich's rendering: the table has 12 number columns, which rich squeezes

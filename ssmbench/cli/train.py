@@ -11,36 +11,20 @@ from pathlib import Path
 import torch
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 from rich.table import Table
-from rich.text import Text
 
 from model_zoo import build_model
 from model_zoo.errors import UsageError
 from model_zoo.training import EpochRecord, check_out_dir, TrainConfig, TrainObserver, distributed, list_methods, seed_everything, train
 from model_zoo.training.trainer import PRECISIONS, resolve_precision
 from ssmbench import data
-from ssmbench.cli._common import console, parse_fraction
+from ssmbench.cli._common import console, parse_fraction, progress_bar
 
 # The paper trained 100 epochs on MNIST-like data and 180 on CIFAR-10 / Tiny-ImageNet.
 PAPER_EPOCHS = {"cifar10": 180, "tiny-imagenet": 180}
 DEFAULT_EPOCHS = 100
 
-
-class _SpeedColumn(ProgressColumn):
-    """Samples per second over rich's recent window (blank until it has two updates)."""
-
-    def render(self, task: Task) -> Text:
-        return Text("" if task.speed is None else f"{task.speed:,.0f} samples/s")
 
 
 class _RichObserver(TrainObserver):
@@ -167,9 +151,7 @@ def train_command(
             f"{arch} ({ads} AdS{', attention' if attention else ''}) on {dataset}, {at}, eps {config.eps:.4f}, "
             f"{config.effective_epochs} epochs, device {target}{processes} -> {out}"
         )
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _SpeedColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=say, transient=True, disable=not workers.is_main) as progress:
+        with progress_bar(say, disable=not workers.is_main) as progress:
             observer = _RichObserver(progress) if workers.is_main else TrainObserver()
             result = train(model, train_data, test_data, config, out, augment=data.augment if info.augment else None,
                            observer=observer, resume=resume, compile_model=compile_model)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from model_zoo import build_from_config, zoo
@@ -18,7 +17,7 @@ from model_zoo.layers import MIXERS
 from ssmbench import data
 from ssmbench.attacks import BACKENDS
 from ssmbench.checks import FLAGS, CheckConfig
-from ssmbench.cli._common import console, parse_fraction
+from ssmbench.cli._common import console, parse_fraction, progress_bar
 from ssmbench.evaluate import EvalResult, evaluate
 from ssmbench.leaderboard import read
 from ssmbench.loading import resolve_target
@@ -106,8 +105,7 @@ def _measure(
     model, meta = load(path)
     images, labels = data.load_split(meta.config.dataset, "test", data_dir)
     results = {}
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with progress_bar(unit=None) as bar:
         for suite, n in (("pgd10", len(images)), ("autoattack", min(aa_examples, len(images)))):
             task = bar.add_task(suite, total=n)
 
