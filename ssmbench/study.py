@@ -137,14 +137,15 @@ class StudyConfig:
     grids: tuple[Grid, ...]
     dataset: str = "digits"
     name: str = ""
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 2e-4
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    steps: int = 10
-    grad_clip: float | None = None
+    # Training defaults are the trainer's (the paper's), so a study and `ssmbench train` agree.
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    weight_decay: float = TrainConfig.weight_decay
+    eps: float = TrainConfig.eps
+    alpha: float = TrainConfig.alpha
+    steps: int = TrainConfig.steps
+    grad_clip: float | None = TrainConfig.grad_clip
     train_examples: int | None = None
     eval_examples: int | None = None
     aa_examples: int = AUTOATTACK_EXAMPLES
