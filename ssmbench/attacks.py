@@ -173,15 +173,13 @@ class FGSM(Attack):
         return perturb.pgd(model, x, y, self.eps, self.eps, 1, random_start=False)
 
 
-@dataclass(frozen=True)
-class SuiteResult:
-    """Per-example flags of one suite run; `robust_after[name]` holds the flags after that attack."""
+class FlagAccuracies:
+    """Accuracies derived from per-example flags, for every result that keeps them: the flags are
+    the result (they merge exactly across batches and processes), accuracies are views of them."""
 
-    clean: torch.Tensor
-    robust: torch.Tensor
-    robust_after: dict[str, torch.Tensor]
-    x_adv: torch.Tensor
-    warnings: tuple[str, ...] = ()
+    clean: torch.Tensor  # bool (N,): correctly classified
+    robust: torch.Tensor  # bool (N,): correctly classified after every attack
+    robust_after: dict[str, torch.Tensor]  # attack -> bool (N,) after it, in the order they ran
 
     @property
     def clean_acc(self) -> float:
@@ -196,6 +194,17 @@ class SuiteResult:
     def per_attack(self) -> dict[str, float]:
         """Robust accuracy after each attack, in the order they ran (so it never increases)."""
         return {name: flags.float().mean().item() for name, flags in self.robust_after.items()}
+
+
+@dataclass(frozen=True)
+class SuiteResult(FlagAccuracies):
+    """Per-example flags of one suite run; `robust_after[name]` holds the flags after that attack."""
+
+    clean: torch.Tensor
+    robust: torch.Tensor
+    robust_after: dict[str, torch.Tensor]
+    x_adv: torch.Tensor
+    warnings: tuple[str, ...] = ()
 
 
 class Suite(Attack):

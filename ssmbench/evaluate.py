@@ -35,7 +35,7 @@ from torch import nn
 from model_zoo.checkpoints import atomic_write_bytes, tensors_sha256
 from model_zoo.errors import UsageError
 from model_zoo.training import distributed
-from ssmbench.attacks import THREAT_MODEL, Attack, AttackSettings, SuiteResult, build_suite, eval_mode, suite_backend, suite_label
+from ssmbench.attacks import THREAT_MODEL, Attack, AttackSettings, FlagAccuracies, SuiteResult, build_suite, eval_mode, suite_backend, suite_label
 from ssmbench.checks import CheckConfig, CheckOutcome, run_checks
 
 Progress = Callable[[int, int, str], None]
@@ -43,7 +43,7 @@ STATE_FORMAT = 1
 
 
 @dataclass(frozen=True)
-class EvalResult:
+class EvalResult(FlagAccuracies):
     """Per-example flags are the result; every accuracy is derived from them."""
 
     suite: str  # as recorded: 'autoattack' is the standard version, 'autoattack-plus' etc. otherwise
@@ -63,18 +63,6 @@ class EvalResult:
     @property
     def n_examples(self) -> int:
         return len(self.clean)
-
-    @property
-    def clean_acc(self) -> float:
-        return self.clean.float().mean().item()
-
-    @property
-    def robust_acc(self) -> float:
-        return self.robust.float().mean().item()
-
-    @property
-    def per_attack(self) -> dict[str, float]:
-        return {name: flags.float().mean().item() for name, flags in self.robust_after.items()}
 
     @property
     def flags(self) -> tuple[str, ...]:
