@@ -95,7 +95,7 @@ class _RichObserver(StudyObserver):
         elif outcome.cell in self.counted:  # finished or taken by another runner meanwhile
             self.progress.update(self.cells, total=self.progress.tasks[self.cells].total - 1)
         if outcome.status == DONE:
-            self.progress.console.print(f"  done in {outcome.seconds:.0f} s: {_summary(outcome)}", markup=False)
+            self.progress.console.print(f"  done in {outcome.seconds:.0f} s: {_summary(outcome)}", markup=False, soft_wrap=True)
         elif outcome.status == FAILED:
             self.progress.console.print(f"  [red]failed[/red] after {outcome.seconds:.0f} s: {outcome.message}")
         elif outcome.cell in self.counted:
