@@ -20,6 +20,24 @@ def test_zoo_list_names_every_architecture(capsys: pytest.CaptureFixture[str]) -
     assert "tanh" in out and "cifar10" in out
 
 
+def test_zoo_list_shows_every_named_checkpoint_uncut_at_80_columns(capsys, monkeypatch) -> None:
+    from model_zoo import zoo
+    from ssmbench.cli import _common
+
+    monkeypatch.setattr(_common.console, "width", 80)
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line.rstrip()) for line in out.splitlines()) <= 80
+    for entry in zoo.load_zoo().values():
+        line = next(line for line in out.splitlines() if line.startswith(f" {entry.name} "))
+        assert f"{100 * entry.metrics['clean_acc']:.2f}" in line and f"{100 * entry.metrics['autoattack_acc']:.2f}" in line
+
+
+def test_zoo_show_of_a_name_gives_its_description(capsys) -> None:
+    assert main(["zoo", "show", "s4-pgd-tanh-digits"]) == 0
+    assert "studies/digits-long.toml" in capsys.readouterr().out
+
+
 def test_zoo_show_reads_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     torch.manual_seed(0)
     model = build_model("s4d", "digits", d_model=16, d_state=8, n_layers=1, ads="tanh")

@@ -61,7 +61,7 @@ def show_command(
 def _compact_table(title: str, rows: list[leaderboard.ResultRow]) -> Table:
     """The columns that tell results apart, about 78 characters wide: the family label says
     architecture, AdS and attention; a flagged result gets a mark, its flags are listed below."""
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     table.add_column("model", min_width=16)  # the one column that wraps: 'dss + AdS (sigmoid) + attention'
     for column, width in (("method", 6), ("ckpt", 4), ("suite", 6), ("n", 4), ("CA %", 5), ("RA %", 6), ("time (UTC)", 11)):
         table.add_column(column, justify="right" if "%" in column or column == "n" else "left", min_width=width, no_wrap=True)

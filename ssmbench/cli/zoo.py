@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.table import Table
 
 from model_zoo import build_from_config, zoo
@@ -20,6 +21,7 @@ from ssmbench.checks import FLAGS, CheckConfig
 from ssmbench.cli._common import console, parse_fraction, progress_bar
 from ssmbench.evaluate import EvalResult, evaluate
 from ssmbench.leaderboard import read
+from ssmbench.leaderboard_render import METHOD_NAMES
 from ssmbench.loading import resolve_target
 from ssmbench.records import newest_rows, zoo_metrics
 
@@ -30,6 +32,13 @@ zoo_app = typer.Typer(help="Architectures, presets and named checkpoints.", no_a
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _training_summary(training: dict[str, object]) -> str:
+    """'PGD-AT 20 ep': the method and epochs (the name already says AdS and attention)."""
+    method = str(training.get("method", "?"))
+    epochs = training.get("epochs")
+    return f"{METHOD_NAMES.get(method, method)}{f' {epochs} ep' if epochs else ''}"
 
 
 @zoo_app.command("list")
@@ -48,19 +57,22 @@ def list_command() -> None:
     console.print(f"AdS options: {', '.join(ADS_CHOICES)}   attention: --attention on any architecture")
     console.print(f"Dataset presets: {', '.join(PRESETS)}")
     entries = zoo.load_zoo()
-    models = Table(title="Named checkpoints (ssmbench eval NAME)", title_justify="left")
-    for column in ("name", "dataset", "description", "CA %", "PGD-10 %", "AA %", "n"):
-        models.add_column(column)
+    models = Table(title="Named checkpoints, accuracies in % (ssmbench eval NAME; ssmbench zoo show NAME)",
+                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for column in ("name", "dataset", "trained"):
+        models.add_column(column, no_wrap=True)
+    for column in ("CA", "PGD-10", "AA", "n"):  # n: PGD-10 / AutoAttack examples
+        models.add_column(column, justify="right", no_wrap=True)
     for entry in entries.values():
         metrics = entry.metrics
         models.add_row(
             entry.name,
             str(entry.config.get("dataset", "")),
-            entry.description,
+            _training_summary(entry.training),
             _percent(metrics.get("clean_acc")),
             _percent(metrics.get("pgd10_acc")),
             _percent(metrics.get("autoattack_acc")),
-            str(int(metrics.get("n_examples", 0))) or "-",
+            f"{int(metrics.get('n_examples', 0))}/{int(metrics.get('autoattack_examples', 0))}",
         )
     console.print(models if entries else "No named checkpoints in model_zoo/zoo.toml yet.")
 
@@ -78,6 +90,9 @@ def show_command(target: str = typer.Argument(..., help="A .safetensors checkpoi
     table = Table(title=str(path), title_justify="left", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
+    entry = zoo.load_zoo().get(target)
+    if entry is not None:
+        table.add_row("zoo entry", entry.description)
     table.add_row("sha256", file_sha256(path))
     table.add_row("parameters", f"{params:,}")
     for key in ("arch", "dataset", "input_shape", "classes", "kind", "epoch", "seed", "format_version"):
