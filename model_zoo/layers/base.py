@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from model_zoo.ads import ADS_CHOICES, build_ads
 from model_zoo.errors import ZooError
@@ -110,13 +111,16 @@ class SSMMixer(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} is not a convolutional SSM")
 
     def causal_conv(self, u: torch.Tensor) -> torch.Tensor:
-        """u (B, H, L) convolved causally with `kernel(L)`; the kernel spectrum is cached in eval mode."""
+        """u (B, H, L) convolved causally with `kernel(L)`; the kernel and its spectrum are cached in eval mode."""
         length = u.shape[-1]
         n = fft_size(length)
-        spectrum = self.eval_cache.get(
-            self, ("conv", length, n, u.device, u.dtype), lambda: torch.fft.rfft(self.kernel(length).to(u.dtype), n=n)
-        )
-        return torch.fft.irfft(torch.fft.rfft(u, n=n) * spectrum, n=n)[..., :length]
+
+        def kernel_and_spectrum() -> tuple[torch.Tensor, torch.Tensor]:
+            kernel = self.kernel(length).to(u.dtype)
+            return kernel, torch.fft.rfft(kernel.detach(), n=n)
+
+        kernel, spectrum = self.eval_cache.get(self, ("conv", length, n, u.device, u.dtype), kernel_and_spectrum)
+        return FFTCausalConv.apply(u, kernel, spectrum, n)
 
     def core(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -142,12 +146,47 @@ def fft_size(length: int) -> int:
     return 2 * length
 
 
+class FFTCausalConv(torch.autograd.Function):
+    """y = u causally convolved with k along the last axis, through real FFTs of size n >= 2L - 1,
+    with a hand-written backward.
+
+    Why not autograd: its backward of `rfft` is a full-length complex FFT plus zero-padding
+    bookkeeping, about a third of a whole PGD step on S4D (torch profiler, digits preset). The
+    adjoint of a causal convolution is a causal correlation, which in the frequency domain is a
+    product with the conjugate spectrum: one rfft of the output gradient and one irfft per input
+    gradient. `k_spectrum` is rfft(k, n), passed in so that eval mode can cache it; it is treated
+    as a function of k (its gradient goes to k), never differentiated itself.
+
+    u: (..., H, L) real; k: (H, L) real; k_spectrum: (H, n // 2 + 1) complex.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, u: torch.Tensor, k: torch.Tensor, k_spectrum: torch.Tensor, n: int) -> torch.Tensor:
+        length = u.shape[-1]
+        u_spectrum = torch.fft.rfft(u, n=n)
+        ctx.n = n
+        ctx.save_for_backward(k_spectrum, u_spectrum if ctx.needs_input_grad[1] else None)
+        return torch.fft.irfft(u_spectrum * k_spectrum, n=n)[..., :length]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        k_spectrum, u_spectrum = ctx.saved_tensors
+        length, n = grad_y.shape[-1], ctx.n
+        g = torch.fft.rfft(grad_y, n=n)
+        grad_u = grad_k = None
+        if ctx.needs_input_grad[0]:  # dL/du[s] = sum_{t>=s} g[t] k[t-s]
+            grad_u = torch.fft.irfft(g * k_spectrum.conj(), n=n)[..., :length]
+        if ctx.needs_input_grad[1]:  # dL/dk[j] = sum_t g[t] u[t-j], summed over the batch
+            cross = (g * u_spectrum.conj()).reshape(-1, *g.shape[-2:]).sum(0)
+            grad_k = torch.fft.irfft(cross, n=n)[..., :length]
+        return grad_u, grad_k, None, None
+
+
 def fft_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Causal convolution y[t] = sum_{s<=t} k[s] u[t-s] along the last axis via FFT.
 
     u: (..., H, L), k: (H, L) real.
     """
-    length = u.shape[-1]
-    n = fft_size(length)
-    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
-    return y[..., :length]
+    n = fft_size(u.shape[-1])
+    return FFTCausalConv.apply(u, k, torch.fft.rfft(k.detach(), n=n), n)
