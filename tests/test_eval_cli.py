@@ -72,6 +72,24 @@ def test_eval_of_a_run_directory_reports_best_last_and_diff(run_dir, tmp_path, c
     assert f"{100 * (best.robust_acc - last.robust_acc):+.2f}" in out
 
 
+def test_all_suite_table_fits_80_columns_with_every_number(run_dir, tmp_path, capsys, monkeypatch) -> None:
+    """PGD-10 and AutoAttack's four parts for best, last and Diff, uncut in an 80-column terminal."""
+    from ssmbench.cli import _common
+
+    monkeypatch.setattr(_common.console, "width", 80)
+    results = tmp_path / "results.parquet"
+    args = ["eval", str(run_dir), "--attack", "all", "--n-examples", "8", "--no-checks", "--leaderboard", str(results)]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    best, last = read(results)
+    for row in (best, last):
+        line = next((line for line in lines if line.strip().startswith(row.checkpoint_kind + " ")), "")
+        assert line, "\n".join(lines)
+        assert all(f"{100 * value:.2f}" in line for value in (row.clean_acc, *row.per_attack.values(), row.robust_acc))
+    assert any(line.strip().startswith("Diff ") for line in lines)
+
+
 def test_no_leaderboard_writes_nothing_and_a_finished_run_leaves_no_state(run_dir, tmp_path) -> None:
     results, state_dir = tmp_path / "results.parquet", tmp_path / "state"
     argv = ["eval", str(run_dir / "last.safetensors"), "--n-examples", "8", "--batch-size", "4", "--no-checks",

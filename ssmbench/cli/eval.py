@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import typer
+from rich import box
 from rich.table import Table
 
 from model_zoo.checkpoints import CheckpointMeta, file_sha256
@@ -81,9 +82,10 @@ def _percent(value: float) -> str:
 def _render(target: str, items: list[_Evaluated]) -> None:
     attacks = list(dict.fromkeys(name for item in items for name in item.result.per_attack))
     first = items[0].result
-    table = Table(title=f"{target}: {first.suite}, Linf eps = {first.eps:.5g} (accuracy %)", title_justify="left")
-    for column in ("checkpoint", "n", "clean", *attacks, "robust", "flags", "seconds"):
-        table.add_column(column, justify="left" if column in ("checkpoint", "flags") else "right")
+    table = Table(title=f"{target}: {first.suite}, Linf eps = {first.eps:.5g} (accuracy %, robust after each attack)",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for column in ("ckpt", "n", "clean", *attacks, "robust", "flags", "s"):  # fits 80 columns with AutoAttack's 4 parts
+        table.add_column(column, justify="left" if column in ("ckpt", "flags") else "right", no_wrap=column != "flags")
     for item in items:
         result = item.result
         cells = [_percent(result.per_attack[name]) if name in result.per_attack else "-" for name in attacks]
