@@ -17,5 +17,5 @@ for parquet in "${results[@]}"; do
   name=$(basename "$parquet" .parquet)
   markdown=leaderboards/$name.md
   [[ $name == results ]] && markdown=leaderboards/README.md
-  "${PYTHON:-python}" -m ssmbench leaderboard publish --path "$parquet" --out "$markdown" --check
+  "${PYTHON:-python}" -m ssmbench leaderboard publish --leaderboard "$parquet" --out "$markdown" --check
 done

@@ -1,7 +1,8 @@
 """The results table (DESIGN.md contract 4): one Parquet file, append-only, versioned.
 
-Every evaluation appends `ResultRow`s to `leaderboards/results.parquet`. The file is the record
-that the published markdown, `ssmbench leaderboard show` and the exports are derived from, so:
+Every evaluation appends `ResultRow`s to a results file: the user's own (ssmbench.home) unless a
+file is named, e.g. the published `leaderboards/results.parquet`. The file is the record that the
+markdown, `ssmbench leaderboard show` and the exports are derived from, so:
 
 - appends are atomic: the new table goes to a temp file in the same folder, is fsynced, then
   `os.replace`d over the old one, so a crash leaves either the old file or the new one;
@@ -37,8 +38,6 @@ from model_zoo.errors import UsageError
 from ssmbench.leaderboard_render import render_markdown, robustbench_entries
 
 __all__ = [
-    "DEFAULT_MARKDOWN",
-    "DEFAULT_RESULTS",
     "EXPORT_FORMATS",
     "SCHEMA",
     "SCHEMA_VERSION",
@@ -46,6 +45,7 @@ __all__ = [
     "ResultRow",
     "append",
     "export",
+    "markdown_for",
     "markdown_is_fresh",
     "publish",
     "query",
@@ -53,9 +53,6 @@ __all__ = [
     "render_markdown",
     "utc_now",
 ]
-
-DEFAULT_RESULTS = Path("leaderboards/results.parquet")
-DEFAULT_MARKDOWN = Path("leaderboards/README.md")
 
 SCHEMA_VERSION = 1
 _VERSION_KEY = b"ssmbench.schema_version"
@@ -260,14 +257,14 @@ def _to_rows(table: pa.Table, path: Path) -> list[ResultRow]:
 # -- reading and appending ----------------------------------------------------------------------
 
 
-def read(path: str | os.PathLike[str] = DEFAULT_RESULTS) -> list[ResultRow]:
+def read(path: str | os.PathLike[str]) -> list[ResultRow]:
     """All rows of a results file, oldest first, migrated to the current schema."""
     path = Path(path)
     return _to_rows(_read_table(path), path)
 
 
 def query(
-    path: str | os.PathLike[str] = DEFAULT_RESULTS,
+    path: str | os.PathLike[str],
     dataset: str | None = None,
     arch: str | None = None,
     method: str | None = None,
@@ -351,10 +348,16 @@ def _fsync_dir(folder: Path) -> None:
 # -- derived files ------------------------------------------------------------------------------
 
 
-def publish(
-    parquet_path: str | os.PathLike[str] = DEFAULT_RESULTS,
-    markdown_path: str | os.PathLike[str] = DEFAULT_MARKDOWN,
-) -> str:
+def markdown_for(parquet_path: str | os.PathLike[str]) -> Path:
+    """The markdown that a results file renders to, beside it: results.parquet -> README.md (so
+    a folder of results reads as a page), NAME.parquet -> NAME.md. ci/check_leaderboard.sh pairs
+    the committed files by the same rule."""
+    parquet_path = Path(parquet_path)
+    name = "README" if parquet_path.stem == "results" else parquet_path.stem
+    return parquet_path.with_name(f"{name}.md")
+
+
+def publish(parquet_path: str | os.PathLike[str], markdown_path: str | os.PathLike[str]) -> str:
     """Render the results file to markdown, write it atomically, and return the text."""
     text = render_markdown(read(parquet_path))
     markdown_path = Path(markdown_path)
@@ -363,10 +366,7 @@ def publish(
     return text
 
 
-def markdown_is_fresh(
-    parquet_path: str | os.PathLike[str] = DEFAULT_RESULTS,
-    markdown_path: str | os.PathLike[str] = DEFAULT_MARKDOWN,
-) -> bool:
+def markdown_is_fresh(parquet_path: str | os.PathLike[str], markdown_path: str | os.PathLike[str]) -> bool:
     """Whether the markdown file holds exactly what `publish` would write now (missing = stale)."""
     expected = render_markdown(read(parquet_path))
     markdown_path = Path(markdown_path)

@@ -13,21 +13,14 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING
 
+from model_zoo.labels import family_label, method_label
+
 if TYPE_CHECKING:
     from ssmbench.leaderboard import ResultRow
 
 # The suites of the paper's tables, in column order: short header name, long name.
 SUITES: dict[str, tuple[str, str]] = {"pgd10": ("PGD-10", "PGD-10"), "autoattack": ("AA", "AutoAttack")}
 KINDS = ("best", "last")
-METHOD_NAMES = {
-    "st": "ST",
-    "pgd": "PGD-AT",
-    "trades": "TRADES",
-    "freeat": "FreeAT",
-    "yopo": "YOPO",
-    "mart": "MART",
-    "fgsm-rs": "FGSM-RS",
-}
 MISSING = "-"
 FLAG_MARK = "†"
 
@@ -70,17 +63,12 @@ class Family:
 
     @property
     def label(self) -> str:
-        """'s4d + AdS (relu) + attention': the architecture as the paper names its variants."""
-        parts = [self.arch]
-        if self.ads != "none":
-            parts.append(f"AdS ({self.ads})")
-        if self.attention:
-            parts.append("attention")
-        return " + ".join(parts)
+        """'s4d + AdS (relu) + attention' (model_zoo.labels: the figures use the same name)."""
+        return family_label(self.arch, self.ads, self.attention)
 
     @property
     def method_label(self) -> str:
-        return METHOD_NAMES.get(self.method, self.method)
+        return method_label(self.method)
 
 
 Cell = tuple[TableKey, Family, str, str]  # table, family, checkpoint kind, suite

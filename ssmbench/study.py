@@ -69,7 +69,8 @@ from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, get_suite_spec
 from ssmbench.checks import CheckConfig
 from ssmbench.evaluate import EvalResult, evaluate
-from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append, read
+from ssmbench.home import user_results
+from ssmbench.leaderboard import ResultRow, append, read
 from ssmbench.leaderboard_render import PREAMBLE, render_markdown
 from ssmbench.records import result_row
 
@@ -156,7 +157,7 @@ class StudyConfig:
     eval_batch_size: int = 256
     seed: int = 0
     out: Path = Path("runs/study")
-    leaderboard: Path = DEFAULT_RESULTS
+    leaderboard: Path = field(default_factory=user_results)  # the published studies name theirs
     model: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

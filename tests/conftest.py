@@ -41,6 +41,15 @@ def train_digits_s4d(cache: Path, epochs: int = 25) -> nn.Module:
     return ssmbench.load(path)
 
 
+@pytest.fixture(autouse=True)
+def user_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test's own $SSMBENCH_HOME: a command run without --leaderboard records there, never
+    in the tester's data directory."""
+    home = tmp_path / "ssmbench-home"
+    monkeypatch.setenv("SSMBENCH_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def trained_digits_model(tmp_path_factory: pytest.TempPathFactory):
     """Call with an epoch count (default 25) to get the cached trained model."""

@@ -1,8 +1,10 @@
-"""Helpers shared by the command modules: the console, the progress bar and value parsers."""
+"""Helpers shared by the command modules: the console, the progress bar, value parsers and the
+results file that `--leaderboard` names."""
 
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
@@ -18,8 +20,17 @@ from rich.progress import (
 from rich.text import Text
 
 from model_zoo.errors import UsageError
+from ssmbench.home import HOME_ENV, user_results
 
 console = Console(highlight=False)
+
+LEADERBOARD_HELP = (f"Results file (Parquet). Default: your own, ${HOME_ENV}/results.parquet (else ~/.local/share/ssmbench/); "
+                    "the published one is leaderboards/results.parquet in a checkout.")
+
+
+def leaderboard_path(given: Path | None) -> Path:
+    """The results file a command reads or appends to: the one given, else the user's own."""
+    return given if given is not None else user_results()
 
 
 class SpeedColumn(ProgressColumn):

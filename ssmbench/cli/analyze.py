@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from model_zoo.errors import UsageError
+from model_zoo.labels import run_title
 from ssmbench import analysis
 from ssmbench.cli._common import console, parse_fraction
 from ssmbench.data import load_split
@@ -45,9 +46,10 @@ def analyze_command(
         changes = analysis.analyze(model, data, eps=parse_fraction(eps, "--eps"), steps=steps, seed=seed)
     out_dir = out or checkpoint.parent / "analysis"
     stem = checkpoint.stem
+    title = run_title(meta.config, str(meta.training.get("method", "")), meta.seed)
     analysis.write_parquet(changes, out_dir / f"{stem}-components.parquet")
-    analysis.plot_change_rates(changes, out_dir / f"{stem}-components.png", title=f"{meta.config.arch} ({meta.config.ads} AdS) {meta.training.get('method', '')}")
-    table = Table(title=f"Change rate (after - before) / before, {checkpoint}", title_justify="left")
+    analysis.plot_change_rates(changes, out_dir / f"{stem}-components.png", title=f"{title}, {meta.kind or stem}")
+    table = Table(title=f"{title}: change rate (after - before) / before, {checkpoint}", title_justify="left")
     for column in ("block", "component", *(f"{m.upper()} {s}" for m in analysis.METRICS for s in wanted)):
         table.add_column(column, justify="right")
     rows = {}

@@ -2,7 +2,9 @@
 
 Thin: it resolves the target, loads the test split, calls `ssmbench.evaluate.evaluate` with a
 rich progress bar, prints the result table (and Diff = best - last for a run directory) and
-appends one leaderboard row per checkpoint.
+appends one leaderboard row per checkpoint. When a run's best epoch is its last, best.safetensors
+and last.safetensors hold the same weights: the suite runs once and both rows record that result
+(AutoAttack would otherwise take as long again for the same numbers).
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ import torch
 import typer
 from rich import box
 from rich.table import Table
+from torch import nn
 
-from model_zoo.checkpoints import CheckpointMeta, file_sha256
+from model_zoo.checkpoints import CheckpointMeta, file_sha256, read_meta
 from model_zoo.errors import RunError, UsageError
 from model_zoo.training import distributed
 from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES, get_suite_spec
 from ssmbench.checks import FLAGS, CheckConfig
-from ssmbench.cli._common import console, parse_fraction, progress_bar
+from ssmbench.cli._common import LEADERBOARD_HELP, console, leaderboard_path, parse_fraction, progress_bar
 from ssmbench.evaluate import EvalResult, default_device, evaluate
-from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append
+from ssmbench.leaderboard import ResultRow, append
 from ssmbench.loading import load_with_meta, resolve_target
 from ssmbench.records import result_row
 
@@ -42,6 +45,8 @@ class _Evaluated:
     path: Path
     meta: CheckpointMeta
     result: EvalResult
+    weights_sha256: str  # of the tensors alone: best and last of one epoch differ only in metadata
+    shared_with: str = ""  # the label of the checkpoint whose evaluation this one reuses (same weights)
 
 
 
@@ -90,15 +95,25 @@ def _render(target: str, items: list[_Evaluated]) -> None:
         result = item.result
         cells = [_percent(result.per_attack[name]) if name in result.per_attack else "-" for name in attacks]
         flags = ", ".join(result.flags) or "none"
-        table.add_row(item.meta.kind or Path(item.name).name, str(result.n_examples), _percent(result.clean_acc), *cells, _percent(result.robust_acc), flags, f"{result.wall_seconds:.1f}")
+        seconds = f"={item.shared_with}" if item.shared_with else f"{result.wall_seconds:.1f}"
+        table.add_row(_label(item), str(result.n_examples), _percent(result.clean_acc), *cells, _percent(result.robust_acc), flags, seconds)
     if [item.meta.kind for item in items] == list(RUN_KINDS):  # a run directory: Diff = best - last
         best, last = (item.result for item in items)
         diffs = [f"{100 * (best.per_attack[a] - last.per_attack[a]):+.2f}" for a in attacks]
         table.add_row("Diff", "", f"{100 * (best.clean_acc - last.clean_acc):+.2f}", *diffs, f"{100 * (best.robust_acc - last.robust_acc):+.2f}", "", "")
     console.print(table)
+    for item in items:
+        if item.shared_with:
+            console.print(f"{_label(item)} holds the same weights as {item.shared_with} (epoch {item.meta.epoch}, "
+                          f"weights sha256 {item.weights_sha256[:12]}...): evaluated once, both rows record that one result")
     raised = dict.fromkeys(flag for item in items for flag in item.result.flags)
     for flag in raised:
         console.print(f"flag {flag}: {FLAGS.get(flag, 'reported by the AutoAttack code itself (see its log warnings)')}")
+
+
+def _label(item: _Evaluated) -> str:
+    """'best' / 'last' for a run's checkpoints, else the file name."""
+    return item.meta.kind or Path(item.name).name
 
 
 def eval_command(
@@ -112,7 +127,7 @@ def eval_command(
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA or ~/.cache/ssmbench/data)."),
     checks: bool = typer.Option(True, "--checks/--no-checks", help="Run the gradient-masking sanity checks and record their flags."),
     check_examples: int = typer.Option(CheckConfig.n_examples, help="How many of the evaluated examples the sanity checks use."),
-    leaderboard: Path = typer.Option(DEFAULT_RESULTS, "--leaderboard", help="Results file to append one row per checkpoint to."),
+    leaderboard: Path = typer.Option(None, "--leaderboard", help=f"Where one row per checkpoint is appended. {LEADERBOARD_HELP}"),
     no_leaderboard: bool = typer.Option(False, "--no-leaderboard", help="Do not record the results."),
     seed: int = typer.Option(0, help="Seed of the attacks' random starts."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
@@ -143,15 +158,22 @@ def eval_command(
     # Under torchrun every rank evaluates its share of the batches; "cuda" then means cuda:LOCAL_RANK.
     with distributed.process_group(torch.device(device) if device is not None else default_device()):
         for name, path in _checkpoints(target):
-            item, sha256 = _evaluate_checkpoint(name, path, options, n_examples, data_dir)
+            model, meta = load_with_meta(path)  # verifies the weights against their checksum
+            weights, sha256 = read_meta(path)[1]["tensors_sha256"], file_sha256(path)
+            same = next((item for item in evaluated if item.weights_sha256 == weights and item.meta.config == meta.config), None)
+            if same is not None:
+                item = _Evaluated(name, path, meta, same.result, weights, shared_with=_label(same))
+            else:
+                item = _Evaluated(name, path, meta, _evaluate_checkpoint(name, sha256, model, meta, options, n_examples, data_dir), weights)
             evaluated.append(item)
             rows.append(result_row(run_id, item.name, item.meta, item.result, sha256))
         if not distributed.current().is_main:
             return
     _render(target, evaluated)
     if not no_leaderboard:
-        append(leaderboard, rows)
-        console.print(f"appended {len(rows)} row(s) to {leaderboard} (run {run_id})")
+        results = leaderboard_path(leaderboard)
+        append(results, rows)
+        console.print(f"appended {len(rows)} row(s) to {results} (run {run_id})")
 
 
 @dataclass(frozen=True)
@@ -171,20 +193,19 @@ class _Options:
 
 
 def _evaluate_checkpoint(
-    name: str, path: Path, options: _Options, n_examples: int | None, data_dir: Path | None
-) -> tuple[_Evaluated, str]:
-    """Load, evaluate under a progress bar; returns the evaluation and the file's sha256.
+    name: str, sha256: str, model: nn.Module, meta: CheckpointMeta, options: _Options, n_examples: int | None,
+    data_dir: Path | None,
+) -> EvalResult:
+    """Evaluate under a progress bar; `sha256` (the file's) keys the resume state.
 
     A failure inside the attacks (a torch RuntimeError, e.g. out of memory) is a failed run: exit 1.
     """
-    model, meta = load_with_meta(path)
     if options.compile:
         model.compile()
     images, labels = data.load_split(meta.config.dataset, "test", data_dir)
     n = n_examples if n_examples is not None else default_examples(options.suite, len(images))
     if n > len(images):
         raise UsageError(f"--n-examples {n} exceeds the {len(images)} test images of {meta.config.dataset}")
-    sha256 = file_sha256(path)
     key = {"suite": options.suite, "version": options.version, "eps": options.eps, "n": n, "backend": options.backend,
            "seed": options.seed, "batch_size": options.batch_size}
     label = f"{meta.kind or name} {options.suite}"
@@ -205,7 +226,7 @@ def _evaluate_checkpoint(
         except RuntimeError as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise RunError(f"{name}: {options.suite} evaluation failed: {reason}") from exc
-    return _Evaluated(name, path, meta, result), sha256
+    return result
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,8 @@
-"""`ssmbench leaderboard show|publish|export`: the results file, as a table, markdown or exports."""
+"""`ssmbench leaderboard show|publish|export`: the results file, as a table, markdown or exports.
+
+Every command reads the file that `--leaderboard` names (the user's own by default) and says
+which one it read, so a reader never mistakes their own runs for the published leaderboard.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,16 @@ import typer
 from rich import box
 from rich.table import Table
 
-from model_zoo.errors import RunError
+from model_zoo.errors import RunError, UsageError
+from model_zoo.labels import method_label
 from ssmbench import leaderboard
-from ssmbench.cli._common import console
-from ssmbench.leaderboard_render import FLAG_MARK, METHOD_NAMES, SUITES, TableKey, family, format_eps, percent, table_key
+from ssmbench.cli._common import LEADERBOARD_HELP, console, leaderboard_path
+from ssmbench.leaderboard_render import FLAG_MARK, SUITES, TableKey, family, format_eps, percent, table_key
 
 leaderboard_app = typer.Typer(help="Show, publish and export the results leaderboard.", no_args_is_help=True)
 
-PATH_OPTION = typer.Option(leaderboard.DEFAULT_RESULTS, "--path", help="The results file (Parquet).")
+LEADERBOARD_OPTION = typer.Option(None, "--leaderboard", help=LEADERBOARD_HELP)
+PATH_ALIAS = typer.Option(None, "--path", hidden=True, help="The old name of --leaderboard.")
 DATASET_OPTION = typer.Option(None, "--dataset", help="Only this dataset, e.g. digits.")
 ARCH_OPTION = typer.Option(None, "--arch", help="Only this architecture, e.g. s4d.")
 METHOD_OPTION = typer.Option(None, "--method", help="Only this training method, e.g. pgd.")
@@ -32,13 +38,15 @@ def show_command(
     arch: str | None = ARCH_OPTION,
     method: str | None = METHOD_OPTION,
     wide: bool = typer.Option(False, "--wide", help="Every field of every row (model path, versions, device...)."),
-    path: Path = PATH_OPTION,
+    results: Path | None = LEADERBOARD_OPTION,
+    old_path: Path | None = PATH_ALIAS,
 ) -> None:
     """List every result in the results file, oldest first, with its sanity flags: one table per
     dataset and eps, narrow enough for an 80-column terminal (--wide for every field).
 
-    Example: ssmbench leaderboard show --dataset digits --method pgd
+    Example: ssmbench leaderboard show --dataset digits --leaderboard leaderboards/results.parquet
     """
+    path = _results(results, old_path)
     rows = leaderboard.query(path, dataset=dataset, arch=arch, method=method)
     if not rows:
         console.print(f"No results in {path} match these filters.")
@@ -92,7 +100,7 @@ def _wide_table(title: str, rows: list[leaderboard.ResultRow]) -> Table:
 
 def _method(row: leaderboard.ResultRow) -> str:
     """'PGD-AT', with the training eps when it is not the evaluation eps (e.g. 'PGD-AT 4/255')."""
-    label = METHOD_NAMES.get(row.method, row.method)
+    label = method_label(row.method)
     if row.train_eps and abs(row.train_eps - row.eps) > 1e-6:
         label += f" {format_eps(row.train_eps)}"
     return label
@@ -100,20 +108,23 @@ def _method(row: leaderboard.ResultRow) -> str:
 
 @leaderboard_app.command("publish")
 def publish_command(
-    path: Path = PATH_OPTION,
-    out: Path = typer.Option(leaderboard.DEFAULT_MARKDOWN, "--out", help="The markdown file to write."),
+    results: Path | None = LEADERBOARD_OPTION,
+    out: Path | None = typer.Option(None, "--out", help="The markdown file to write (default beside the results file: results.parquet -> README.md, NAME.parquet -> NAME.md)."),
     check: bool = typer.Option(
         False, "--check", help="Write nothing; exit 1 if the markdown file is not what would be written."
     ),
+    old_path: Path | None = PATH_ALIAS,
 ) -> None:
     """Render the results file to the markdown leaderboard (the paper's best/last/Diff tables).
 
-    Example: ssmbench leaderboard publish --check
+    Example: ssmbench leaderboard publish --leaderboard leaderboards/results.parquet --out leaderboards/README.md --check
     """
+    path = _results(results, old_path)
+    out = out if out is not None else leaderboard.markdown_for(path)
     if check:
         if not leaderboard.markdown_is_fresh(path, out):
             raise RunError(f"{out} is stale: it is not what {path} renders to; run `ssmbench leaderboard publish "
-                           f"--path {path} --out {out}` and commit the result")
+                           f"--leaderboard {path} --out {out}` and commit the result")
         console.print(f"{out} is up to date with {path}")
         return
     leaderboard.publish(path, out)
@@ -127,15 +138,32 @@ def export_command(
     dataset: str | None = DATASET_OPTION,
     arch: str | None = ARCH_OPTION,
     method: str | None = METHOD_OPTION,
-    path: Path = PATH_OPTION,
+    results: Path | None = LEADERBOARD_OPTION,
+    old_path: Path | None = PATH_ALIAS,
 ) -> None:
     """Export results as CSV, or as RobustBench model-info JSON files (models with AutoAttack results).
 
-    Example: ssmbench leaderboard export --format robustbench --out robustbench_info
+    Example: ssmbench leaderboard export --format robustbench --out robustbench_info --leaderboard leaderboards/results.parquet
     """
+    path = _results(results, old_path)
     rows = leaderboard.query(path, dataset=dataset, arch=arch, method=method)
     written = leaderboard.export(rows, fmt.value, out)
-    console.print(f"wrote {len(written)} file(s) from {len(rows)} results under {out}")
+    console.print(f"wrote {len(written)} file(s) from {len(rows)} results in {path} under {out}")
+
+
+def _results(given: Path | None, old_path: Path | None) -> Path:
+    """The file to read: --leaderboard (or its old name --path), else the user's own.
+
+    A missing default file is a newcomer who has recorded nothing yet: say where results will go
+    and where the published ones are, instead of only 'no such file'.
+    """
+    if given is not None and old_path is not None and given != old_path:
+        raise UsageError(f"--path is the old name of --leaderboard; give one of them, not {old_path} and {given}")
+    path = leaderboard_path(given if given is not None else old_path)
+    if given is None and old_path is None and not path.is_file():
+        raise UsageError(f"{path}: no results of yours yet (`ssmbench eval` records them here); the published "
+                         "leaderboard is --leaderboard leaderboards/results.parquet in a checkout")
+    return path
 
 
 def register(app: typer.Typer) -> None:

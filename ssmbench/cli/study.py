@@ -18,7 +18,7 @@ from model_zoo.checkpoints import atomic_write_bytes
 from model_zoo.errors import RunError, UsageError
 from model_zoo.training import EpochRecord
 from ssmbench.cli._common import console, parse_fraction, progress_bar
-from ssmbench.leaderboard import DEFAULT_RESULTS
+from ssmbench.home import HOME_ENV
 from ssmbench.study import (
     DONE,
     FAILED,
@@ -43,8 +43,9 @@ from ssmbench.study import (
 class _RichObserver(StudyObserver):
     """Two bars: the cells of this runner, and the epoch (or evaluation) in progress."""
 
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Progress, leaderboard: Path) -> None:
         self.progress = progress
+        self.leaderboard = leaderboard
         self.cells = progress.add_task("cells", total=None)
         self.work = progress.add_task("", total=None, visible=False)
         self.counted: set[Cell] = set()
@@ -95,7 +96,8 @@ class _RichObserver(StudyObserver):
         elif outcome.cell in self.counted:  # finished or taken by another runner meanwhile
             self.progress.update(self.cells, total=self.progress.tasks[self.cells].total - 1)
         if outcome.status == DONE:
-            self.progress.console.print(f"  done in {outcome.seconds:.0f} s: {_summary(outcome)}", markup=False, soft_wrap=True)
+            self.progress.console.print(f"  done in {outcome.seconds:.0f} s: {_summary(outcome)}; {len(outcome.rows)} rows in "
+                                        f"{self.leaderboard}", markup=False, soft_wrap=True)
         elif outcome.status == FAILED:
             self.progress.console.print(f"  [red]failed[/red] after {outcome.seconds:.0f} s: {outcome.message}")
         elif outcome.cell in self.counted:
@@ -165,7 +167,7 @@ def study_command(
     checks: bool = typer.Option(None, "--checks/--no-checks", help="Gradient-masking sanity checks on every evaluation."),
     seed: int = typer.Option(None, help="Seed of every cell (weights, data order, attacks)."),
     out: Path = typer.Option(None, help="Run root: one directory per cell (flag form default runs/study-DATASET)."),
-    leaderboard: Path = typer.Option(None, help=f"Results file the rows are appended to (default {DEFAULT_RESULTS})."),
+    leaderboard: Path = typer.Option(None, "--leaderboard", help=f"Results file the rows are appended to (default: the study file's, else your own, ${HOME_ENV}/results.parquet)."),
     shard: str = typer.Option(None, help="i/k: run only cells i, i+k, ... of the grid (1-based), e.g. 1/2 and 2/2 in two shells."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done, failed, running or pending; run nothing."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
@@ -196,7 +198,7 @@ def study_command(
         _print_plan(plan(study, selection), study)
         return
     with progress_bar() as progress:
-        report = run_study(study, _RichObserver(progress), shard=selection, device=device, data_dir=data_dir)
+        report = run_study(study, _RichObserver(progress, study.leaderboard), shard=selection, device=device, data_dir=data_dir)
     text = render_study(study)
     # Raw markdown, not rich's rendering: the table has 12 number columns, which rich squeezes
     # into an 80-column terminal, while the text is readable as is and can be pasted anywhere.

@@ -14,6 +14,7 @@ from model_zoo.ads import ADS_CHOICES
 from model_zoo.checkpoints import file_sha256, load, read_meta
 from model_zoo.config import PRESETS
 from model_zoo.errors import RunError, UsageError
+from model_zoo.labels import method_label
 from model_zoo.layers import MIXERS
 from ssmbench import data
 from ssmbench.attacks import BACKENDS
@@ -21,7 +22,6 @@ from ssmbench.checks import FLAGS, CheckConfig
 from ssmbench.cli._common import console, parse_fraction, progress_bar
 from ssmbench.evaluate import EvalResult, evaluate
 from ssmbench.leaderboard import read
-from ssmbench.leaderboard_render import METHOD_NAMES
 from ssmbench.loading import resolve_target
 from ssmbench.records import newest_rows, zoo_metrics
 
@@ -38,7 +38,7 @@ def _training_summary(training: dict[str, object]) -> str:
     """'PGD-AT 20 ep': the method and epochs (the name already says AdS and attention)."""
     method = str(training.get("method", "?"))
     epochs = training.get("epochs")
-    return f"{METHOD_NAMES.get(method, method)}{f' {epochs} ep' if epochs else ''}"
+    return f"{method_label(method)}{f' {epochs} ep' if epochs else ''}"
 
 
 @zoo_app.command("list")

@@ -1,0 +1,41 @@
+"""The names a reader sees for a model family and a training method, declared once.
+
+The leaderboard's tables, the training curves and the analysis figures all name a model; when they
+name it differently ("s4 pgd" on a figure, "s4 + AdS (tanh)" in the table) a reader cannot match a
+figure to its row. model_zoo owns the names because training draws figures and must not import
+ssmbench; the leaderboard imports them from here.
+"""
+
+from __future__ import annotations
+
+from model_zoo.config import ModelConfig
+
+METHOD_NAMES = {
+    "st": "ST",
+    "pgd": "PGD-AT",
+    "trades": "TRADES",
+    "freeat": "FreeAT",
+    "yopo": "YOPO",
+    "mart": "MART",
+    "fgsm-rs": "FGSM-RS",
+}
+
+
+def family_label(arch: str, ads: str, attention: bool) -> str:
+    """'s4d + AdS (relu) + attention': the architecture as the paper names its variants."""
+    parts = [arch]
+    if ads != "none":
+        parts.append(f"AdS ({ads})")
+    if attention:
+        parts.append("attention")
+    return " + ".join(parts)
+
+
+def method_label(method: str) -> str:
+    """'PGD-AT' for 'pgd'; an unknown method keeps its registry name."""
+    return METHOD_NAMES.get(method, method)
+
+
+def run_title(config: ModelConfig, method: str, seed: int) -> str:
+    """'s4 + AdS (tanh), PGD-AT on digits, seed 0': the title of a run's figures."""
+    return f"{family_label(config.arch, config.ads, config.attention)}, {method_label(method)} on {config.dataset}, seed {seed}"
