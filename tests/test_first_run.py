@@ -48,7 +48,7 @@ def test_readme_command_1_leaves_the_clone_clean_and_records_in_the_user_home(cl
     out = capsys.readouterr().out
     assert _git("status", "--porcelain", "--untracked-files=all", cwd=clone) == ""
     results = user_home / "results.parquet"
-    assert f"to {results}" in out.replace("\n", "")  # said where the rows went
+    assert f"to {results} (run " in out  # said where the rows went, on one line
     assert [row.checkpoint_kind for row in read(results)] == ["best", "last"]
 
 
@@ -141,3 +141,51 @@ def test_analysis_figure_is_titled_with_the_leaderboard_label(tmp_path: Path, mo
     assert main(["analyze", str(tmp_path / "best.safetensors"), "--n-examples", "4", "--splits", "test", "--steps", "2"]) == 0
     assert titles == [f"{run_title(model.config, 'trades', 7)}, best"]
     assert titles[0].startswith(family_label("s4d", "sigmoid", False) + ", TRADES on digits, seed 7")
+
+
+# -- which results file each command reads and writes --------------------------------------------
+
+PUBLISHED = REPO / "leaderboards" / "results.parquet"
+
+
+def test_leaderboard_commands_read_the_user_file_by_default_and_say_so(user_home, capsys) -> None:
+    user_home.mkdir()
+    shutil.copy(PUBLISHED, user_home / "results.parquet")
+    assert main(["leaderboard", "show", "--dataset", "digits"]) == 0
+    assert capsys.readouterr().out.startswith(f"{user_home / 'results.parquet'}: ")
+    assert main(["leaderboard", "publish"]) == 0  # renders beside the file it read
+    assert f"wrote {user_home / 'README.md'} from {user_home / 'results.parquet'}" in capsys.readouterr().out
+    assert (user_home / "README.md").read_text(encoding="utf-8") == (REPO / "leaderboards" / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_newcomer_without_results_gets_one_line_naming_both_files(user_home, capsys) -> None:
+    assert main(["leaderboard", "show"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert str(user_home / "results.parquet") in err and "--leaderboard leaderboards/results.parquet" in err
+
+
+def test_path_is_a_hidden_alias_of_leaderboard(tmp_path: Path, capsys) -> None:
+    markdown = tmp_path / "README.md"
+    for option in ("--leaderboard", "--path"):
+        markdown.unlink(missing_ok=True)
+        assert main(["leaderboard", "publish", option, str(PUBLISHED), "--out", str(markdown)]) == 0
+        assert markdown.read_text(encoding="utf-8") == (REPO / "leaderboards" / "README.md").read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert main(["leaderboard", "publish", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "--leaderboard" in help_text and "--path" not in help_text
+    assert main(["leaderboard", "show", "--path", str(PUBLISHED), "--leaderboard", str(tmp_path / "other.parquet")]) == 2
+
+
+def test_studies_that_own_a_published_file_name_it_and_others_default_to_the_user_file(user_home) -> None:
+    from ssmbench.study import Grid, StudyConfig, load_study
+
+    assert StudyConfig(grids=(Grid(models=("s4d",), methods=("st",)),)).leaderboard == user_home / "results.parquet"
+    owned = {path.name: load_study(path).leaderboard for path in sorted((REPO / "studies").glob("*.toml"))}
+    assert owned == {
+        "digits-long.toml": Path("leaderboards/long-training.parquet"),
+        "digits.toml": Path("leaderboards/results.parquet"),
+        "fashion-mnist.toml": Path("leaderboards/results.parquet"),
+        "smoke.toml": Path("runs/study-smoke/results.parquet"),
+    }

@@ -173,7 +173,7 @@ def eval_command(
     if not no_leaderboard:
         results = leaderboard_path(leaderboard)
         append(results, rows)
-        console.print(f"appended {len(rows)} row(s) to {results} (run {run_id})")
+        console.print(f"appended {len(rows)} row(s) to {results} (run {run_id})", soft_wrap=True)
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,9 @@ def show_command(
     path = _results(results, old_path)
     rows = leaderboard.query(path, dataset=dataset, arch=arch, method=method)
     if not rows:
-        console.print(f"No results in {path} match these filters.")
+        console.print(f"No results in {path} match these filters.", soft_wrap=True)
         return
-    console.print(f"{path}: {len(rows)} results")
+    console.print(f"{path}: {len(rows)} results", soft_wrap=True)
     render = _wide_table if wide else _compact_table
     tables: dict[TableKey, list[leaderboard.ResultRow]] = {}
     for row in rows:
@@ -125,10 +125,10 @@ def publish_command(
         if not leaderboard.markdown_is_fresh(path, out):
             raise RunError(f"{out} is stale: it is not what {path} renders to; run `ssmbench leaderboard publish "
                            f"--leaderboard {path} --out {out}` and commit the result")
-        console.print(f"{out} is up to date with {path}")
+        console.print(f"{out} is up to date with {path}", soft_wrap=True)
         return
     leaderboard.publish(path, out)
-    console.print(f"wrote {out} from {path}")
+    console.print(f"wrote {out} from {path}", soft_wrap=True)
 
 
 @leaderboard_app.command("export")
@@ -148,7 +148,7 @@ def export_command(
     path = _results(results, old_path)
     rows = leaderboard.query(path, dataset=dataset, arch=arch, method=method)
     written = leaderboard.export(rows, fmt.value, out)
-    console.print(f"wrote {len(written)} file(s) from {len(rows)} results in {path} under {out}")
+    console.print(f"wrote {len(written)} file(s) from {len(rows)} results in {path} under {out}", soft_wrap=True)
 
 
 def _results(given: Path | None, old_path: Path | None) -> Path:
