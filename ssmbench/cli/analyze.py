@@ -49,7 +49,7 @@ def analyze_command(
     title = run_title(meta.config, str(meta.training.get("method", "")), meta.seed)
     analysis.write_parquet(changes, out_dir / f"{stem}-components.parquet")
     analysis.plot_change_rates(changes, out_dir / f"{stem}-components.png", title=f"{title}, {meta.kind or stem}")
-    table = Table(title=f"{title}: change rate (after - before) / before, {checkpoint}", title_justify="left")
+    table = Table(title=f"Change rate (after - before) / before, {title}, {checkpoint}", title_justify="left")
     for column in ("block", "component", *(f"{m.upper()} {s}" for m in analysis.METRICS for s in wanted)):
         table.add_column(column, justify="right")
     rows = {}
