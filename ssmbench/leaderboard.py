@@ -302,8 +302,11 @@ def _conform(table: pa.Table, version: int, path: Path) -> pa.Table:
             f"{path}: written with results schema version {version}, this ssmbench reads up to "
             f"{SCHEMA_VERSION}; upgrade ssmbench"
         )
-    for step in range(version, SCHEMA_VERSION):
-        table = MIGRATIONS[step](table)
+    try:
+        for step in range(version, SCHEMA_VERSION):
+            table = MIGRATIONS[step](table)
+    except KeyError as exc:  # a migration needs a column that a foreign file does not have
+        raise LeaderboardError(f"{path}: not an ssmbench results file (no column {exc})") from None
     missing = [name for name in SCHEMA.names if name not in table.column_names]
     if missing:
         raise LeaderboardError(f"{path}: not an ssmbench results file (missing columns {', '.join(missing)})")
