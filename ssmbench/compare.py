@@ -106,5 +106,5 @@ def _examples(row: ResultRow) -> str:
 
 
 def examples_text(row: ResultRow) -> str:
-    """'360 digits test examples (first 360, labels sha256 0123456789ab)'."""
-    return f"{row.n_examples} {row.dataset} {row.split} examples ({row.examples}, labels sha256 {row.labels_sha256[:12]})"
+    """'360 digits test examples (first 360, labels 0123456789ab)': the label hash, shortened."""
+    return f"{row.n_examples} {row.dataset} {row.split} examples ({row.examples}, labels {row.labels_sha256[:12]})"

@@ -180,13 +180,12 @@ def compare_command(
     console.print(f"A: {a}: {describe(result.a)}")
     console.print(f"B: {b}: {describe(result.b)}")
     console.print(f"on {examples_text(result.a)}, {result.a.threat_model} eps {format_eps(result.a.eps)}")
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
-    for column in ("%", "A", "B", "A - B (95% CI)", "only A", "only B", "McNemar p"):
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=0)  # two-line cells: fits 80 columns
+    for column in ("%", "A", "B", "A - B, 95% CI", "only A", "only B", "McNemar p"):
         table.add_column(column, justify="left" if column == "%" else "right", no_wrap=True)
-    for name, stats, row_a, row_b, clean in (("robust", result.robust, result.a, result.b, False),
-                                             ("clean", result.clean, result.a, result.b, True)):
-        table.add_row(name, row_interval(row_a, clean), row_interval(row_b, clean), _difference(stats),
-                      str(stats.only_a), str(stats.only_b), f"{stats.p_value:.3g}")
+    for name, stats, clean in (("robust", result.robust, False), ("clean", result.clean, True)):
+        a_cell, b_cell = (row_interval(row, clean).replace(" ", "\n", 1) for row in (result.a, result.b))
+        table.add_row(name, a_cell, b_cell, _difference(stats), str(stats.only_a), str(stats.only_b), f"{stats.p_value:.3g}")
     console.print(table)
     verdict = "A - B is significant at the 5% level" if result.robust.significant else \
         "no significant difference in robust accuracy (p >= 0.05): do not rank these two"
@@ -194,7 +193,7 @@ def compare_command(
 
 
 def _difference(stats: Paired) -> str:
-    return f"{percent1(stats.difference):+} ({percent1(stats.low):+} to {percent1(stats.high):+})"
+    return f"{percent1(stats.difference):+}\n({percent1(stats.low):+} to {percent1(stats.high):+})"
 
 
 def register(app: typer.Typer) -> None:
