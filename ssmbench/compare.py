@@ -41,14 +41,15 @@ def _checkpoint_sha256(name: str) -> str | None:
     return file_sha256(path) if path.is_file() else None
 
 
-def pick(rows: Sequence[ResultRow], name: str, suite: str, kind: str = "best") -> ResultRow:
+def pick(rows: Sequence[ResultRow], name: str, suite: str, kind: str = "best", n_examples: int | None = None) -> ResultRow:
     """The newest row of `suite` for `name`: a model as recorded (zoo name or path), a run id, a
     checkpoint file or zoo name (matched by the file's sha256), or a label as the tables print
     it ('s4 + AdS (tanh)', or with the method: 's4 + AdS (tanh), PGD-AT').
 
     When several checkpoint kinds match, `kind` decides; several models or seeds are refused.
+    `n_examples` keeps only results on that many examples (default: the newest result).
     """
-    candidates = [r for r in rows if r.suite == suite]
+    candidates = [r for r in rows if r.suite == suite and n_examples in (None, r.n_examples)]
     found = [r for r in candidates if name in (r.model, r.run_id)]
     if not found:
         sha256 = _checkpoint_sha256(name)
@@ -56,7 +57,8 @@ def pick(rows: Sequence[ResultRow], name: str, suite: str, kind: str = "best") -
     if not found:
         found = [r for r in candidates if name in (family(r).label, _label(r))]
     if not found:
-        raise CompareError(f"no {suite} result for {name!r} in the results file; `ssmbench leaderboard show` lists them")
+        on = "" if n_examples is None else f" on {n_examples} examples"
+        raise CompareError(f"no {suite} result{on} for {name!r} in the results file; `ssmbench leaderboard show` lists them")
     if len({r.checkpoint_kind for r in found}) > 1:
         found = [r for r in found if r.checkpoint_kind == kind]
         if not found:

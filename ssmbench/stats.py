@@ -4,9 +4,11 @@ A robust accuracy on n examples is a binomial proportion, so it is shown with it
 score interval (good coverage near 0 and 1, where robust accuracies live; the Wald interval
 collapses there). Two models measured on the same examples are compared on their discordant
 pairs: b examples only the first got right, c only the second. Conditional on m = b + c, b is
-Binomial(m, 1/2) when the models are equally accurate, which is the exact McNemar test; the
-Clopper-Pearson interval of b/m, mapped to (b - c)/n, is the matching interval of the accuracy
-difference (it excludes 0 exactly when the test rejects at 5%). scipy computes both.
+Binomial(m, 1/2) when the models are equally accurate: the exact McNemar test, computed by scipy.
+The interval of the accuracy difference (b - c) / n is Agresti and Min's (2005) adjusted Wald
+interval for matched proportions: add 1/2 to each of the four cells of the 2x2 table, then Wald.
+Unlike the plain Wald interval it does not collapse to a point when b = c = 0, and unlike an
+interval conditional on m it does not cap the difference at the observed (b + c) / n.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest, fisher_exact
+from scipy.stats import binomtest, fisher_exact, norm
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
@@ -75,10 +77,10 @@ def paired(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> Pair
     if a.shape != b.shape or a.ndim != 1 or not len(a):
         raise ValueError(f"need two equally long non-empty flag vectors, got shapes {a.shape} and {b.shape}")
     n, only_a, only_b = len(a), int((a & ~b).sum()), int((~a & b).sum())
-    m = only_a + only_b
-    if m:
-        ci = binomtest(only_a, m).proportion_ci(confidence_level=confidence, method="exact")
-        low, high = m * (2 * ci.low - 1) / n, m * (2 * ci.high - 1) / n
-    else:  # identical outcomes: no discordant pair, the difference on these examples is exactly 0
-        low = high = 0.0
+    # Agresti-Min: every cell + 1/2, so n + 2 pseudo-examples; then the Wald interval of the
+    # mean paired difference, whose variance is ((b + c) - (b - c)^2 / n) / n^2.
+    b_adj, c_adj, n_adj = only_a + 0.5, only_b + 0.5, n + 2
+    centre = (b_adj - c_adj) / n_adj
+    half = float(norm.ppf(0.5 + confidence / 2)) * np.sqrt((b_adj + c_adj) - (b_adj - c_adj) ** 2 / n_adj) / n_adj
+    low, high = max(-1.0, centre - half), min(1.0, centre + half)
     return Paired(n, int(a.sum()), int(b.sum()), only_a, only_b, float(low), float(high), mcnemar_exact(only_a, only_b))

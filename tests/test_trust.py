@@ -98,18 +98,25 @@ def test_mcnemar_on_hand_made_flags_equals_the_exact_binomial_test(b: int, c: in
         assert result.p_value == pytest.approx(binomtest(b, b + c, 0.5).pvalue)
 
 
-def test_paired_interval_matches_clopper_pearson_closed_form_and_the_test() -> None:
-    # All m discordant pairs favour B: the Clopper-Pearson interval of b/m = 0 is [0, 1 - (a/2)^(1/m)].
-    n, m = 100, 9
-    result = stats.paired(flags(n, 50), flags(n, 50 + m))
-    upper_pi = 1 - (stats.ALPHA / 2) ** (1 / m)
-    assert (result.low, result.high) == pytest.approx((-m / n, m * (2 * upper_pi - 1) / n))
-    # The interval excludes 0 exactly when the exact test rejects at 5%, for every split of m <= 25.
-    for m in range(1, 26):
-        for b in range(m + 1):
-            r = stats.paired(flags(60, b + 10), np.concatenate([np.ones(10, bool), np.zeros(b, bool), np.ones(m - b, bool), np.zeros(50 - m, bool)]))
-            assert (r.only_a, r.only_b) == (b, m - b)
-            assert (r.low > 0 or r.high < 0) == r.significant, (b, m)
+def agresti_min_by_weights(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Agresti-Min from the per-example differences: half a pseudo-example in each 2x2 cell, then
+    the Wald interval of the weighted mean difference (numpy's weighted moments, not the counts)."""
+    d = a.astype(float) - b.astype(float)
+    values = np.concatenate([d, [1.0, -1.0, 0.0, 0.0]])  # A only, B only, both, neither
+    weights = np.concatenate([np.ones(len(d)), [0.5] * 4])
+    mean = np.average(values, weights=weights)
+    variance = np.average((values - mean) ** 2, weights=weights)
+    half = Z * math.sqrt(variance / weights.sum())
+    return mean - half, mean + half
+
+
+@pytest.mark.parametrize("b, c, n", [(0, 0, 32), (8, 0, 100), (3, 9, 60), (89, 0, 360), (17, 52, 360)])
+def test_paired_interval_is_agresti_min(b: int, c: int, n: int) -> None:
+    a = np.concatenate([np.ones(b, bool), np.zeros(c, bool), np.ones(n - b - c, bool)])
+    other = np.concatenate([np.zeros(b, bool), np.ones(c, bool), np.ones(n - b - c, bool)])
+    result = stats.paired(a, other)
+    assert (result.low, result.high) == pytest.approx(agresti_min_by_weights(a, other), abs=1e-12)
+    assert result.low < result.difference < result.high  # never capped at the observed difference
 
 
 # -- per-example outcomes on the record -----------------------------------------------------------
@@ -222,6 +229,11 @@ def test_pick_refuses_a_label_that_names_several_models() -> None:
     with pytest.raises(CompareError, match="matches 2 models"):
         pick(rows, "s4", "pgd10")
     assert pick(rows, "b", "pgd10").run_id == "b"
+    rows.append(row("b32", flags(32, 30), flags(32, 20), train_seed=1, checkpoint_sha256="b".ljust(64, "0"), model=rows[1].model))
+    assert pick(rows, rows[1].model, "pgd10").run_id == "b32"  # same checkpoint: the newest (ties: larger run id)
+    assert pick(rows, rows[1].model, "pgd10", n_examples=10).run_id == "b"
+    with pytest.raises(CompareError, match="no pgd10 result on 7 examples"):
+        pick(rows, "b", "pgd10", n_examples=7)
 
 
 # -- the published tables -------------------------------------------------------------------------

@@ -167,6 +167,7 @@ def compare_command(
     b: str = typer.Argument(..., help="Model B, named the same ways."),
     suite: str = typer.Option("pgd10", "--attack", help="Which suite's results to compare, e.g. pgd10 or autoattack."),
     ckpt: str = typer.Option("best", "--ckpt", help="best or last, when a name matches both checkpoints."),
+    n_examples: int = typer.Option(None, "--n-examples", help="Only results on this many examples (default: the newest)."),
     path: Path = PATH_OPTION,
 ) -> None:
     """Compare two results measured on the same examples with the same attack: the accuracy
@@ -176,7 +177,7 @@ def compare_command(
     Example: ssmbench leaderboard compare s4-pgd-tanh-digits s5-pgd-none-digits --attack pgd10
     """
     rows = leaderboard.read(path)
-    result = compare(pick(rows, a, suite, ckpt), pick(rows, b, suite, ckpt))
+    result = compare(pick(rows, a, suite, ckpt, n_examples), pick(rows, b, suite, ckpt, n_examples))
     console.print(f"A: {a}: {describe(result.a)}")
     console.print(f"B: {b}: {describe(result.b)}")
     console.print(f"on {examples_text(result.a)}, {result.a.threat_model} eps {format_eps(result.a.eps)}")
