@@ -656,7 +656,9 @@ def render_study(config: StudyConfig) -> str:
     """Markdown: the caption, the paper-style table of the finished cells, then what is not done."""
     # The leaderboard's preamble explains the columns for the published file; the study has its own caption.
     tables = render_markdown(study_rows(config)).removeprefix(PREAMBLE).strip()
-    parts = [f"# Study: {config.title} ({config.dataset})", "", caption(config), "", tables, ""]
+    legend = ("Accuracies in % with their 95% Wilson intervals; ≈: not significantly different from the line "
+              "above (exact McNemar on per-example outcomes, else Fisher's exact test on the counts).")
+    parts = [f"# Study: {config.title} ({config.dataset})", "", caption(config), legend, "", tables, ""]
     cells, skipped = expand(config)
     unfinished = [s for s in (status(config, cell) for cell in cells) if s.status != DONE]
     if unfinished:
