@@ -387,7 +387,7 @@ def test_cli_missing_results_file_is_a_usage_error(tmp_path: Path, capsys) -> No
     assert "none.parquet" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["show", "publish", "export"])
+@pytest.mark.parametrize("command", ["show", "publish", "export", "compare"])
 def test_cli_help_has_an_example(command: str, capsys) -> None:
     assert main(["leaderboard", command, "--help"]) == 0
     assert f"Example: ssmbench leaderboard {command}" in capsys.readouterr().out
