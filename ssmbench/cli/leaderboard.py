@@ -54,7 +54,7 @@ def show_command(
     if not rows:
         console.print(f"No results in {path} match these filters.", soft_wrap=True)
         return
-    console.print(f"{path}: {len(rows)} results", soft_wrap=True)
+    console.print(f"{path}: {len(rows)} results")
     render = _wide_table if wide else _compact_table
     tables: dict[TableKey, list[leaderboard.ResultRow]] = {}
     for row in rows:
