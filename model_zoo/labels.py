@@ -9,6 +9,7 @@ ssmbench; the leaderboard imports them from here.
 from __future__ import annotations
 
 from model_zoo.config import ModelConfig
+from model_zoo.registry import family_name
 
 METHOD_NAMES = {
     "st": "ST",
@@ -38,4 +39,5 @@ def method_label(method: str) -> str:
 
 def run_title(config: ModelConfig, method: str, seed: int) -> str:
     """'s4 + AdS (tanh), PGD-AT on digits, seed 0': the title of a run's figures."""
-    return f"{family_label(config.arch, config.ads, config.attention)}, {method_label(method)} on {config.dataset}, seed {seed}"
+    # family_name: 's4 (released)' for a variant, as result rows record the architecture.
+    return f"{family_label(family_name(config), config.ads, config.attention)}, {method_label(method)} on {config.dataset}, seed {seed}"
