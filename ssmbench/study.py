@@ -275,7 +275,7 @@ def _number(value: object, name: str) -> float:
     """8/255 written as a string, or a plain number."""
     try:
         return float(Fraction(value)) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
-    except (ValueError, ZeroDivisionError, TypeError):
+    except (ValueError, ZeroDivisionError, TypeError, OverflowError):
         raise UsageError(f"{name} must be a number or a fraction like \"8/255\", got {value!r}") from None
 
 

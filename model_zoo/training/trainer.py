@@ -53,6 +53,7 @@ from safetensors.torch import save as safetensors_bytes
 from model_zoo import checkpoints
 from model_zoo.classifier import SequenceClassifier
 from model_zoo.errors import RunError, UsageError
+from model_zoo.limits import MAX_EPS, MAX_LR, SEED_RANGE
 from model_zoo.training import distributed
 from model_zoo.training.distributed import DataParallel, Workers
 from model_zoo.training.history import EpochRecord, plot_curves, write_history
@@ -120,6 +121,7 @@ class TrainConfig:
         for name, value in optional_positive.items():
             if value is not None and not value > 0:
                 raise UsageError(f"{name} must be > 0 when given, got {value}")
+        _check_bounds(self)
 
     @property
     def effective_epochs(self) -> int:
@@ -302,6 +304,19 @@ def train(
         last_plot = time.monotonic() if plot else last_plot
         setup.observer.on_epoch(record, is_best)
     return TrainResult(best=run.best, last=run.history[-1], history=list(run.history), out_dir=out_dir)
+
+
+def _check_bounds(config: TrainConfig) -> None:
+    """Finite floats, radii within the image box, a learning rate that can train, a seed numpy takes."""
+    for name in ("lr", "eps", "alpha", "weight_decay", "trades_beta", "mart_beta", "grad_clip"):
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"{name} must be a finite number, got {value}")
+    for name, limit in (("eps", MAX_EPS), ("alpha", MAX_EPS), ("lr", MAX_LR)):
+        if getattr(config, name) > limit:
+            raise UsageError(f"{name} must be <= {limit:g}, got {getattr(config, name)}")
+    if not SEED_RANGE[0] <= config.seed <= SEED_RANGE[1]:
+        raise UsageError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {config.seed}")
 
 
 def check_out_dir(out_dir: str | Path, resume: bool) -> None:

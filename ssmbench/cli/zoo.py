@@ -18,7 +18,7 @@ from model_zoo.layers import MIXERS
 from ssmbench import data
 from ssmbench.attacks import BACKENDS
 from ssmbench.checks import FLAGS, CheckConfig
-from ssmbench.cli._common import console, parse_fraction, progress_bar
+from ssmbench.cli._common import console, parse_device, parse_fraction, progress_bar
 from ssmbench.evaluate import EvalResult, evaluate
 from ssmbench.leaderboard import read
 from ssmbench.leaderboard_render import METHOD_NAMES
@@ -163,13 +163,15 @@ def add_command(
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if aa_examples < 1 or batch_size < 1:
         raise UsageError(f"--aa-examples and --batch-size must be >= 1, got {aa_examples} and {batch_size}")
+    radius = parse_fraction(eps, "--eps")
+    device = None if device is None else str(parse_device(device))
     if not checkpoint.is_file():
         raise UsageError(f"{checkpoint}: no such checkpoint file")
     if from_leaderboard is not None:
         found = newest_rows(read(from_leaderboard), file_sha256(checkpoint), ZOO_SUITES)
         metrics = zoo_metrics(found["pgd10"], found["autoattack"])
     else:
-        measured = _measure(checkpoint, parse_fraction(eps, "--eps"), aa_examples, backend, batch_size, device, data_dir, checks)
+        measured = _measure(checkpoint, radius, aa_examples, backend, batch_size, device, data_dir, checks)
         metrics = zoo_metrics(measured["pgd10"], measured["autoattack"])
         for flag in dict.fromkeys(f for result in measured.values() for f in result.flags):
             console.print(f"[yellow]flag {flag}[/yellow]: {FLAGS.get(flag, 'reported by the AutoAttack code itself')}")
