@@ -69,7 +69,7 @@ from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, get_suite_spec
 from ssmbench.checks import CheckConfig
 from ssmbench.evaluate import EvalResult, evaluate
-from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append, read
+from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append_or_keep, read
 from ssmbench.leaderboard_render import PREAMBLE, render_markdown
 from ssmbench.records import result_row
 
@@ -584,7 +584,7 @@ def _record(leaderboard: Path, rows: list[ResultRow]) -> None:
     """Append unless a run killed between its append and its marker already recorded these rows."""
     if leaderboard.is_file() and any(row.run_id == rows[0].run_id for row in read(leaderboard)):
         return
-    append(leaderboard, rows)
+    append_or_keep(leaderboard, rows, Path(rows[0].model).parent)  # unwritable: kept in the cell's folder, the cell fails
 
 
 # -- the study's table ------------------------------------------------------------------------------

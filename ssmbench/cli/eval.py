@@ -26,7 +26,7 @@ from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES, get_suite_sp
 from ssmbench.checks import FLAGS, CheckConfig
 from ssmbench.cli._common import check_seed, console, parse_device, parse_fraction, progress_bar
 from ssmbench.evaluate import EvalResult, default_device, evaluate
-from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append
+from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append_or_keep
 from ssmbench.loading import load_with_meta, resolve_target
 from ssmbench.records import result_row
 
@@ -150,8 +150,16 @@ def eval_command(
             return
     _render(target, evaluated)
     if not no_leaderboard:
-        append(leaderboard, rows)
+        append_or_keep(leaderboard, rows, _keep_dir(target, evaluated))
         console.print(f"appended {len(rows)} row(s) to {leaderboard} (run {run_id})")
+
+
+def _keep_dir(target: str, evaluated: list[_Evaluated]) -> Path:
+    """Where rows that the leaderboard cannot take are kept: the run directory or the checkpoint's
+    folder; for a zoo name (its folder is the package's) the current directory."""
+    if Path(target).is_dir():
+        return Path(target)
+    return evaluated[0].path.parent if Path(target).exists() else Path.cwd()
 
 
 @dataclass(frozen=True)
