@@ -218,13 +218,14 @@ def _schema_version(metadata: dict[bytes, bytes] | None, path: Path) -> int:
     return version
 
 
-def rows_sha256(table: pa.Table) -> str:
-    """sha256 over the column names and every row's values as JSON, in file order.
+def rows_sha256(table: pa.Table, version: bytes) -> str:
+    """sha256 over the schema version, the column names and every row's values as JSON, in file order.
 
     Computed from decoded values rather than bytes, so it does not depend on how Parquet encoded
-    them and any change that reading would show (a value, a row, a column name) changes it.
+    them and any change that reading would show (a value, a row, a column name, the version that
+    decides the migrations) changes it.
     """
-    digest = hashlib.sha256(json.dumps(table.column_names).encode())
+    digest = hashlib.sha256(version + b"\n" + json.dumps(table.column_names).encode())
     for record in table.to_pylist():
         # repr for what JSON has no type for (bytes, dates): such a table was not written by us and fails the seal
         digest.update(json.dumps([record[name] for name in table.column_names], default=repr).encode() + b"\n")
@@ -234,7 +235,7 @@ def rows_sha256(table: pa.Table) -> str:
 def _check_seal(table: pa.Table, metadata: dict[bytes, bytes] | None, path: Path) -> None:
     """Refuse a sealed table whose rows differ from the seal; an unsealed (older) file passes."""
     sealed = (metadata or {}).get(_ROWS_SHA256_KEY)
-    if sealed is not None and sealed.decode("ascii", "replace") != rows_sha256(table):
+    if sealed is not None and sealed.decode("ascii", "replace") != rows_sha256(table, (metadata or {}).get(_VERSION_KEY, b"")):
         raise LeaderboardError(f"{path}: the rows do not match the file's sha256 seal (changed or damaged after "
                                "writing); it was left as it is: restore it from a copy")
 
@@ -246,8 +247,13 @@ def _conform(table: pa.Table, version: int, path: Path) -> pa.Table:
             f"{path}: written with results schema version {version}, this ssmbench reads up to "
             f"{SCHEMA_VERSION}; upgrade ssmbench"
         )
-    for step in range(version, SCHEMA_VERSION):
-        table = MIGRATIONS[step](table)
+    try:
+        for step in range(version, SCHEMA_VERSION):
+            table = MIGRATIONS[step](table)
+    except (KeyError, pa.ArrowException) as exc:
+        raise LeaderboardError(f"{path}: its columns do not fit its schema version {version} ({exc})") from None
+    if len(set(table.column_names)) != len(table.column_names):
+        raise LeaderboardError(f"{path}: columns named twice; not a results file ssmbench wrote (version {version})")
     missing = [name for name in SCHEMA.names if name not in table.column_names]
     if missing:
         raise LeaderboardError(f"{path}: not an ssmbench results file (missing columns {', '.join(missing)})")
@@ -299,7 +305,8 @@ def _to_rows(table: pa.Table, path: Path) -> list[ResultRow]:
 def _write_sealed(path: Path, rows: Sequence[ResultRow]) -> None:
     """Write rows as a sealed table: the rows' sha256 in the metadata, page checksums on every page."""
     table = _to_table(rows)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _ROWS_SHA256_KEY: rows_sha256(table).encode()})
+    metadata = table.schema.metadata or {}
+    table = table.replace_schema_metadata({**metadata, _ROWS_SHA256_KEY: rows_sha256(table, metadata[_VERSION_KEY]).encode()})
     _write_atomic(path, lambda f: pq.write_table(table, f, write_page_checksum=True))
 
 
@@ -488,10 +495,12 @@ _PATH_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _inside(out: Path, relative: str) -> Path:
-    """out/relative, refused unless every part is a plain name (rows are data, not paths to write to)."""
+    """out/<dataset>/<threat model>/<name>.json, refused unless each part is one plain name (rows are
+    data, not paths to write to)."""
     parts = relative.split("/")
     bad = [part for part in parts if not _PATH_PART.match(part) or part in (".", "..")]
-    if bad:
+    if bad or len(parts) != 3:
+        bad = bad or ["/".join(parts[:-2])]
         raise LeaderboardError(f"cannot export {relative!r}: {bad[0]!r} is not a plain name (letters, digits, '.', "
                                "'-', '_'); the row's dataset or threat model would make a path outside --out")
     return out.joinpath(*parts)
