@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, get_origin, get_type_hints
 
 from model_zoo.errors import ZooError
+from model_zoo.limits import MAX_CONFIG_INT
 
 
 @dataclass(frozen=True)
@@ -70,17 +71,26 @@ class ModelConfig:
                    and f.default_factory is dataclasses.MISSING]
         if missing:
             raise ZooError(f"model config lacks {', '.join(missing)}")
-        types = {name: get_origin(hint) or hint for name, hint in get_type_hints(cls).items()}  # dict[str, Any] -> dict
-        for name, value in data.items():
-            kind = types[name]
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise ZooError(f"model config {name} must be {kind.__name__}, got {value!r}")
-            if kind is int and value < 1:
-                raise ZooError(f"model config {name} must be >= 1, got {value}")
-        for key, value in data.get("mixer_options", {}).items():
-            if not isinstance(key, str) or isinstance(value, (dict, list)):
-                raise ZooError(f"model config mixer_options.{key} must be a plain value, got {value!r}")
+        check_values(data)
         return cls(**data)
+
+
+def check_values(values: dict[str, Any]) -> None:
+    """Each given ModelConfig field has its declared type and a sane size, or a ZooError says which.
+
+    Shared by checkpoints (files from others) and study files (edited by hand), so that a dry run
+    refuses what building would fail on.
+    """
+    types = {name: get_origin(hint) or hint for name, hint in get_type_hints(ModelConfig).items()}  # dict[str, Any] -> dict
+    for name, value in values.items():
+        kind = types[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ZooError(f"model config {name} must be {kind.__name__}, got {value!r}")
+        if kind is int and not 1 <= value <= MAX_CONFIG_INT:
+            raise ZooError(f"model config {name} must be in [1, {MAX_CONFIG_INT}], got {value}")
+    for key, value in values.get("mixer_options", {}).items():
+        if isinstance(value, (dict, list)) or (isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= MAX_CONFIG_INT):
+            raise ZooError(f"model config mixer_options.{key} must be a plain value (integers in [1, {MAX_CONFIG_INT}]), got {value!r}")
 
 
 def _small(arch: str) -> dict[str, Any]:

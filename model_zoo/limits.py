@@ -12,6 +12,9 @@ MAX_EPS = 1.0
 SEED_RANGE = (0, 2**32 - 1)
 # AdamW learning rates above this diverge on every model here within a step.
 MAX_LR = 1.0
+# A model config integer (layers, widths, states) beyond this is a typo: no model here is near it,
+# and building one would exhaust memory before any check could run.
+MAX_CONFIG_INT = 1 << 16
 # A config dimension (d_state, a mixer's hidden size) squared may exceed the file's stored element
 # count by at most this factor: the mixers' initializations cost O(dim^2) memory (HiPPO matrices).
 DIM_SQUARED_PER_ELEMENT = 16

@@ -60,7 +60,7 @@ import torch
 from model_zoo import build_model, make_config
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.checkpoints import CheckpointMeta, atomic_write_bytes, file_sha256, load, read_meta
-from model_zoo.config import ModelConfig
+from model_zoo.config import ModelConfig, check_values
 from model_zoo.errors import RunError, UsageError, ZooError
 from model_zoo.layers import MIXERS
 from model_zoo.training import TrainConfig, TrainObserver, list_methods, read_history, seed_everything, train
@@ -212,6 +212,10 @@ def _check_overrides(table: str, overrides: dict[str, Any]) -> None:
     bad = sorted(set(overrides) - known)
     if bad:
         raise UsageError(f"{table} may set {', '.join(sorted(known))} (or hold [study.model.ARCH] tables); not {', '.join(bad)}")
+    try:
+        check_values(overrides)
+    except ZooError as exc:
+        raise UsageError(f"{table}: {exc}") from None
 
 
 # -- reading a study file ---------------------------------------------------------------------------
