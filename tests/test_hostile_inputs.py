@@ -511,3 +511,40 @@ def test_out_that_is_a_file_is_refused_before_training(tmp_path: Path, capsys: p
     assert main(["train", "s4d", "--epochs", "1", "--out", str(out)]) == 2
     assert "is a file" in one_line_error(capsys)
     assert out.read_text() == "x"
+
+
+# -- a tampered resume state -----------------------------------------------------------------------------------
+
+TRAIN = ["train", "s4d", "--at", "st", "--epochs", "2", "--train-examples", "32", "--eval-examples", "8", "--batch-size", "32"]
+STATE_EDITS = {
+    "numpy_rng": _set("numpy_rng", value=[1]),
+    "history": _set("history", value=[{"x": 1}]),
+    "scheduler": _set("scheduler", value=5),
+    "best_epoch": _set("best_epoch", value="x"),
+    "complex": _set("complex", value=["nope"]),
+    "format": _set("format", value=-1),
+}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "r"
+    assert main([*TRAIN, "--out", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("edit", sorted(STATE_EDITS))
+def test_a_tampered_resume_state_is_one_line(
+    edit: str, trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r"
+    out.mkdir()
+    header, body = split((trained_run / "state.safetensors").read_bytes())
+    (key,) = header["__metadata__"]
+    document = json.loads(header["__metadata__"][key])
+    STATE_EDITS[edit](document)
+    header["__metadata__"][key] = json.dumps(document)
+    (out / "state.safetensors").write_bytes(join(header, body))
+    capsys.readouterr()
+    assert main([*TRAIN, "--out", str(out), "--device", "cpu", "--resume"]) == 2
+    assert "state.safetensors" in one_line_error(capsys)

@@ -267,7 +267,13 @@ def train(
     distributed.on_main(check_out_dir, out_dir, resume)
     run = _new_run(model, config)
     if resume:
-        _load_state(out_dir / STATE, *distributed.on_main(_read_state, out_dir / STATE), model, run, config, workers)
+        try:
+            _load_state(out_dir / STATE, *distributed.on_main(_read_state, out_dir / STATE), model, run, config, workers)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            if isinstance(exc, UsageError):
+                raise
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UsageError(f"{out_dir / STATE}: a damaged or edited training state ({reason}); restart the run without --resume") from None
     if compile_model:
         model.compile()
     ctx = MethodContext(
@@ -535,6 +541,13 @@ def _save_state(
     checkpoints.atomic_write_bytes(path, safetensors_bytes(tensors, metadata={STATE_KEY: json.dumps(document)}))
 
 
+# The JSON type of each part of a state document; an edited state is refused before it is used.
+_STATE_TYPES: dict[str, type] = {
+    "config": dict, "model_config": dict, "history": list, "best_epoch": int, "optimizer_param_groups": list,
+    "optimizer_scalars": dict, "scheduler": dict, "numpy_rng": list, "python_rng": list, "complex": list,
+}
+
+
 def _read_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -542,8 +555,13 @@ def _read_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
         raise UsageError(f"{path}: not a readable ssmbench training state ({exc})") from None
-    if document.get("format") != STATE_FORMAT:
-        raise UsageError(f"{path}: training state format {document.get('format')} is not {STATE_FORMAT}")
+    if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
+        found = document.get("format") if isinstance(document, dict) else document
+        raise UsageError(f"{path}: training state format {found} is not {STATE_FORMAT}")
+    wrong = [key for key, kind in _STATE_TYPES.items() if not isinstance(document.get(key), kind) or isinstance(document.get(key), bool)]
+    if wrong:
+        raise UsageError(f"{path}: a damaged or edited training state ({wrong[0]} is not a {_STATE_TYPES[wrong[0]].__name__}); "
+                         "restart the run without --resume")
     for name in document["complex"]:
         tensors[name] = torch.view_as_complex(tensors[name])
     return document, tensors
