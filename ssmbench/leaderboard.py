@@ -277,8 +277,13 @@ def _read_table(path: Path) -> pa.Table:
     except (pa.ArrowException, OSError, ValueError, IndexError) as exc:  # incl. a page checksum mismatch
         reason = " ".join(str(exc).split())[:300]
         raise LeaderboardError(f"{path}: not a readable Parquet file ({reason}); it was left as it is") from None
-    _check_seal(table, metadata, path)
-    return _conform(table, _schema_version(metadata, path), path)
+    try:
+        _check_seal(table, metadata, path)
+        conformed = _conform(table, _schema_version(metadata, path), path)
+        conformed.to_pylist()  # decodes every value once: invalid UTF-8 in a string column is refused here
+    except (UnicodeDecodeError, pa.ArrowException) as exc:
+        raise LeaderboardError(f"{path}: undecodable values ({' '.join(str(exc).split())[:200]}); it was left as it is") from None
+    return conformed
 
 
 def _to_table(rows: Sequence[ResultRow]) -> pa.Table:
