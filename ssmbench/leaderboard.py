@@ -369,7 +369,7 @@ def append_or_keep(path: str | os.PathLike[str], rows: Sequence[ResultRow], keep
         append(path, rows)
         return
     except (OSError, LeaderboardError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        reason = " ".join(str(exc).split())  # an OSError names the path and errno: "[Errno 28] No space left..."
     name = f"unrecorded-{rows[0].run_id}.parquet"
     for folder in (keep_dir, Path(tempfile.gettempdir())):
         kept = folder / name
