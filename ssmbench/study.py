@@ -69,7 +69,7 @@ from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, get_suite_spec
 from ssmbench.checks import CheckConfig
 from ssmbench.evaluate import EvalResult, evaluate
-from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append_or_keep, read
+from ssmbench.leaderboard import DEFAULT_RESULTS, LeaderboardError, ResultRow, append_or_keep, read
 from ssmbench.leaderboard_render import PREAMBLE, render_markdown
 from ssmbench.records import result_row
 
@@ -586,8 +586,11 @@ def _run_id(config: StudyConfig, cell: Cell, hashes: list[str]) -> str:
 
 def _record(leaderboard: Path, rows: list[ResultRow]) -> None:
     """Append unless a run killed between its append and its marker already recorded these rows."""
-    if leaderboard.is_file() and any(row.run_id == rows[0].run_id for row in read(leaderboard)):
-        return
+    try:
+        if leaderboard.is_file() and any(row.run_id == rows[0].run_id for row in read(leaderboard)):
+            return
+    except LeaderboardError:
+        pass  # a refused file: append_or_keep keeps the rows and says so
     append_or_keep(leaderboard, rows, Path(rows[0].model).parent)  # unwritable: kept in the cell's folder, the cell fails
 
 

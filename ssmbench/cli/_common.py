@@ -63,7 +63,7 @@ def parse_fraction(text: str, name: str = "value", maximum: float | None = MAX_E
     try:
         value = float(Fraction(text.strip()))
     except (ValueError, ZeroDivisionError, OverflowError):
-        raise UsageError(f"{name} must be a finite number or a fraction like 8/255, got {text!r}") from None
+        raise UsageError(f"{name} must be a number or a fraction like 8/255, got {text!r}") from None
     if value < 0:
         raise UsageError(f"{name} must be >= 0, got {text}")
     if maximum is not None and value > maximum:
