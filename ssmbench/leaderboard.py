@@ -319,9 +319,14 @@ def rows_sha256(table: pa.Table, version: bytes) -> str:
     """
     digest = hashlib.sha256(version + b"\n" + json.dumps(table.column_names).encode())
     for record in table.to_pylist():
-        # repr for what JSON has no type for (bytes, dates): such a table was not written by us and fails the seal
-        digest.update(json.dumps([record[name] for name in table.column_names], default=repr).encode() + b"\n")
+        digest.update(json.dumps([record[name] for name in table.column_names], default=_json_value).encode() + b"\n")
     return digest.hexdigest()
+
+
+def _json_value(value: object) -> str:
+    """Bytes (the packed per-example outcomes) as hex; anything else JSON lacks (a date a foreign
+    writer used) as its repr, which no table we wrote produces, so such a file fails the seal."""
+    return value.hex() if isinstance(value, bytes) else repr(value)
 
 
 def _check_seal(table: pa.Table, metadata: dict[bytes, bytes] | None, path: Path) -> None:

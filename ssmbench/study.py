@@ -65,6 +65,7 @@ from model_zoo.ads import ADS_CHOICES
 from model_zoo.checkpoints import CheckpointMeta, atomic_write_bytes, file_sha256, load, read_meta
 from model_zoo.config import ModelConfig, check_values
 from model_zoo.errors import RunError, UsageError, ZooError
+from model_zoo.limits import SEED_RANGE
 from model_zoo.layers import MIXERS
 from model_zoo.training import TrainConfig, TrainObserver, list_methods, read_history, seed_everything, train
 from model_zoo.training.trainer import BEST, LAST, STATE
@@ -175,9 +176,9 @@ class StudyConfig:
             if value not in choices:
                 raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(
-            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in self.seeds
+            isinstance(seed, int) and not isinstance(seed, bool) and SEED_RANGE[0] <= seed <= SEED_RANGE[1] for seed in self.seeds
         ):
-            raise UsageError(f"seeds must list distinct integers >= 0, e.g. [0, 1, 2]; got {list(self.seeds)}")
+            raise UsageError(f"seeds must list distinct integers in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], e.g. [0, 1, 2]; got {list(self.seeds)}")
         for option, value in (("aa_examples", self.aa_examples), ("eval_batch_size", self.eval_batch_size)):
             if value < 1:
                 raise UsageError(f"{option} must be >= 1, got {value}")

@@ -260,7 +260,8 @@ def test_the_seal_is_a_sha256_over_the_rows_as_json(sealed: Path) -> None:
     version = table.schema.metadata[b"ssmbench.schema_version"]
     digest = hashlib.sha256(version + b"\n" + json.dumps(table.column_names).encode())
     for record in table.to_pylist():
-        digest.update(json.dumps([record[n] for n in table.column_names]).encode() + b"\n")
+        values = [v.hex() if isinstance(v, bytes) else v for v in (record[n] for n in table.column_names)]
+        digest.update(json.dumps(values).encode() + b"\n")
     assert table.schema.metadata[b"ssmbench.rows_sha256"].decode() == digest.hexdigest()
 
 
@@ -467,7 +468,7 @@ BAD_OPTIONS = {
     "eval --device meta": (["eval", "CKPT", "--device", "meta"], "--device"),
     "zoo add --eps 1e400": (["zoo", "add", "CKPT", "--name", "x", "--eps", "1e400"], "--eps"),
     "study --eps 1e400": (["study", "--models", "s4d", "--at", "st", "--eps", "1e400", "--dry-run"], "--eps"),
-    "study --seed 2**32": (["study", "--models", "s4d", "--at", "st", "--seed", str(2**32), "--dry-run"], "seed"),
+    "study --seeds 2**32": (["study", "--models", "s4d", "--at", "st", "--seeds", f"0,{2**32}", "--dry-run"], "seeds"),
     "bad option": (["eval", "CKPT", "--bogus"], "--bogus"),
 }
 
