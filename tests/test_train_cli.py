@@ -58,6 +58,9 @@ def test_help_shows_an_example(capsys: pytest.CaptureFixture[str]) -> None:
         (["--device", "gpu0"], "--device must be auto, cpu, cuda"),
         (["--dataset", "mnist", "--no-download", "--data-dir", "{tmp}"], "mnist: missing train-images-idx3-ubyte.gz"),
         (["--resume", "--out", "{tmp}/none"], "no training state to resume"),
+        (["--mixer-options", "{bad"], "--mixer-options must be a JSON table"),
+        (["--mixer-options", "[1]"], "--mixer-options must be a JSON table"),
+        (["--mixer-options", '{"n_ssm": 1}'], "s4d has no mixer option(s) n_ssm"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
