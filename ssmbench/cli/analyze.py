@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from model_zoo.errors import UsageError
 from model_zoo.labels import run_title
 from ssmbench import analysis
 from ssmbench.cli._common import check_at_least, check_seed, console, parse_fraction
