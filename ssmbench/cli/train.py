@@ -149,8 +149,9 @@ def train_command(
         train_data = data.load_split(dataset, "train", data_dir, download)
         test_data = data.load_split(dataset, "test", data_dir, download)
         processes = f" x {workers.world_size} processes" if workers.is_distributed else ""
-        val = ", val (selects best) clean/PGD-10 acc %" if config.val_examples else ""
-        say.print(f"per epoch: train clean/adversarial acc %, test clean/PGD-10 acc %{val}, samples/s")
+        say.print("per epoch: train clean/adversarial acc %, test clean/PGD-10 acc %, samples/s")
+        if config.val_examples:
+            say.print(f"  and val clean/PGD-10 acc % on {config.val_examples} held-out training images (select best)")
         say.print(
             f"{arch} ({ads} AdS{', attention' if attention else ''}) on {dataset}, {at}, eps {config.eps:.4f}, "
             f"{config.effective_epochs} epochs, device {target}{processes} -> {out}"
