@@ -153,9 +153,15 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _val_pgd10(record: EpochRecord) -> float:
+    if record.val_adv_acc is None:  # "val" selection evaluates the held-out images every epoch
+        raise RunError(f"epoch {record.epoch} has no PGD-10 accuracy on the held-out images to select on")
+    return record.val_adv_acc
+
+
 # The metric that ranks epochs for best.safetensors, by TrainConfig.selection.
 SELECTION_SCORES: dict[str, Callable[[EpochRecord], float]] = {
-    "val": lambda record: record.val_adv_acc,
+    "val": _val_pgd10,
     "test": lambda record: record.test_adv_acc,
 }
 
@@ -184,7 +190,10 @@ class _Split:
 
 def _split(train_data: tuple[torch.Tensor, torch.Tensor], config: TrainConfig) -> _Split:
     images, labels = train_data
-    held = hold_out(len(images), config.val_examples, config.seed) if config.val_examples else torch.zeros(0, dtype=torch.long)
+    if not config.val_examples:  # views, not copies: a CIFAR-sized split is hundreds of MB
+        return _Split(train=(images[: config.train_examples], labels[: config.train_examples]),
+                      val=(images[:0], labels[:0]), val_indices=torch.zeros(0, dtype=torch.long))
+    held = hold_out(len(images), config.val_examples, config.seed)
     keep = torch.ones(len(images), dtype=torch.bool)
     keep[held] = False
     kept = keep.nonzero().flatten()[: config.train_examples]
@@ -514,7 +523,7 @@ def _checkpoint_meta(setup: _Setup, record: EpochRecord, kind: str, eval_example
     }
     if config.val_examples:
         training |= {"val_split_seed": config.seed, "val_indices_sha256": indices_sha256(setup.val_indices)}
-    metrics = {
+    metrics: dict[str, Any] = {
         "clean_acc": record.test_clean_acc,
         "pgd10_acc": record.test_adv_acc,
         "clean_loss": record.test_clean_loss,

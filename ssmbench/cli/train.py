@@ -50,7 +50,8 @@ class _RichObserver(TrainObserver):
             f"epoch {record.epoch:>3}  loss {record.train_objective:.3f}  "
             f"train {100 * record.train_clean_acc:5.1f}/{100 * record.train_adv_acc:5.1f}  "
             f"test {100 * record.test_clean_acc:5.1f}/{100 * record.test_adv_acc:5.1f}  "
-            + (f"val {100 * record.val_clean_acc:5.1f}/{100 * record.val_adv_acc:5.1f}  " if record.val_adv_acc is not None else "")
+            + (f"val {100 * record.val_clean_acc:5.1f}/{100 * record.val_adv_acc:5.1f}  "
+               if record.val_clean_acc is not None and record.val_adv_acc is not None else "")
             + f"{record.samples_per_s:,.0f}/s{'  best' if is_best else ''}",
             markup=False,
         )
