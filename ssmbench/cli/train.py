@@ -110,7 +110,7 @@ def train_command(
     yopo_n: int = typer.Option(3, help="YOPO inner first-layer steps per outer pass."),
     eval_examples: int = typer.Option(None, help="Test images for the per-epoch clean/PGD-10 eval (first N; default all)."),
     train_examples: int = typer.Option(None, help="Train on the first N training images only (quick trials)."),
-    val_examples: int = typer.Option(0, help="Hold out N training images (a split fixed by --seed) and choose the best checkpoint by PGD-10 on them, not on the test images; 0: the paper's protocol (choose on test)."),
+    val_examples: int = typer.Option(TrainConfig.val_examples, help="Hold out N training images (a split fixed by --seed) and choose the best checkpoint by PGD-10 on them, not on the test images; 0: the paper's protocol (choose on test)."),
     seed: int = typer.Option(0, help="One seed for the initial weights, data order and attack noise."),
     grad_clip: float = typer.Option(None, help="Clip the gradient norm to this value."),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA)."),
