@@ -37,6 +37,7 @@ from model_zoo.errors import UsageError
 from model_zoo.training import distributed
 from ssmbench.attacks import THREAT_MODEL, Attack, AttackSettings, FlagAccuracies, SuiteResult, build_suite, eval_mode, suite_backend, suite_label
 from ssmbench.checks import CheckConfig, CheckOutcome, run_checks
+from ssmbench.outcomes import labels_sha256
 
 Progress = Callable[[int, int, str], None]
 STATE_FORMAT = 1
@@ -59,6 +60,8 @@ class EvalResult(FlagAccuracies):
     seed: int
     wall_seconds: float
     threat_model: str = THREAT_MODEL
+    labels_sha256: str = ""  # of the evaluated labels: identifies the examples for paired comparisons
+    check_examples: int = 0  # how many of the examples the sanity checks ran on (0: checks off)
 
     @property
     def n_examples(self) -> int:
@@ -150,6 +153,8 @@ def evaluate(
         device=str(device),
         seed=seed,
         wall_seconds=state.seconds + time.perf_counter() - began,
+        labels_sha256=labels_sha256(y),
+        check_examples=0 if checks is None else min(checks.n_examples, n),
     )
 
 

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import tempfile
+from base64 import b64encode
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,6 +36,7 @@ import pyarrow.parquet as pq
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.errors import UsageError
 from ssmbench.leaderboard_render import render_markdown, robustbench_entries
+from ssmbench.outcomes import PerExample, first_n
 
 __all__ = [
     "DEFAULT_MARKDOWN",
@@ -57,9 +59,11 @@ __all__ = [
 DEFAULT_RESULTS = Path("leaderboards/results.parquet")
 DEFAULT_MARKDOWN = Path("leaderboards/README.md")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _VERSION_KEY = b"ssmbench.schema_version"
 CHECKPOINT_KINDS = ("best", "last", "")
+SELECTIONS = ("val", "test")  # how "best" was chosen: on held-out training images, or on the test set
+CHECKED, FLAGGED, NOT_CHECKED = "passed", "flagged", "not checked"
 
 
 class LeaderboardError(UsageError):
@@ -96,11 +100,23 @@ class ResultRow:
     wall_seconds: float
     ssmbench_version: str
     torch_version: str
+    # Schema 2. Defaults describe a row recorded before them (see _from_v1).
+    train_seed: int = 0  # the checkpoint's training seed; `seed` is the attacks' seed
+    selection: str = "test"  # how the best checkpoint was chosen: "val" (held out) or "test"
+    split: str = "test"  # the examples: this split of `dataset` ...
+    examples: str = ""  # ... "first N" of it ("" = not recorded)
+    labels_sha256: str = ""  # sha256 of those examples' labels (int64), "" = not recorded
+    outcomes: bytes = b""  # PerExample.pack(): clean, then robust after each of outcome_attacks
+    outcome_attacks: tuple[str, ...] = ()  # the attacks in the order they ran
+    checks_run: tuple[str, ...] = ()  # sanity checks that ran (none: "not checked")
+    check_examples: int = 0  # on how many of the examples they ran
 
     def __post_init__(self) -> None:
         # Normalize containers so rows built from lists compare equal to rows read back.
         object.__setattr__(self, "per_attack", {str(k): float(v) for k, v in self.per_attack.items()})
-        object.__setattr__(self, "flags", tuple(str(f) for f in self.flags))
+        for name in ("flags", "outcome_attacks", "checks_run"):
+            object.__setattr__(self, name, tuple(str(f) for f in getattr(self, name)))
+        object.__setattr__(self, "outcomes", bytes(self.outcomes))
         problem = _row_problem(self)
         if problem:
             raise LeaderboardError(f"invalid result row {self.run_id!r}: {problem}")
@@ -109,6 +125,43 @@ class ResultRow:
     def timestamp(self) -> datetime:
         """`time` as an aware datetime, for ordering rows written in different time zones."""
         return datetime.fromisoformat(self.time)
+
+    @property
+    def per_example(self) -> PerExample | None:
+        """The per-example outcomes, or None for a row recorded without them."""
+        if not self.outcomes:
+            return None
+        return PerExample.unpack(self.outcomes, self.outcome_attacks, self.n_examples)
+
+    @property
+    def check_status(self) -> str:
+        """FLAGGED when any flag was raised, CHECKED when the checks ran and passed, else NOT_CHECKED."""
+        if self.flags:
+            return FLAGGED
+        return CHECKED if self.checks_run else NOT_CHECKED
+
+    @property
+    def example_set(self) -> tuple[str, str, str, str]:
+        """What identifies the examples; two rows can be paired only when theirs are equal."""
+        return (self.dataset, self.split, self.examples, self.labels_sha256)
+
+
+def _outcomes_problem(row: ResultRow) -> str | None:
+    """Per-example outcomes that do not describe this row's accuracies are a writer bug."""
+    if not row.outcomes:
+        return None
+    if set(row.outcome_attacks) != set(row.per_attack):
+        return f"outcome_attacks {list(row.outcome_attacks)} are not the attacks of per_attack {sorted(row.per_attack)}"
+    try:
+        outcomes = PerExample.unpack(row.outcomes, row.outcome_attacks, row.n_examples)
+    except ValueError as exc:
+        return str(exc)
+    tolerance = 0.5 / row.n_examples
+    recorded = {"clean_acc": row.clean_acc, "robust_acc": row.robust_acc, **row.per_attack}
+    derived = {"clean_acc": outcomes.clean.mean(), "robust_acc": outcomes.robust.mean(),
+               **{name: flags.mean() for name, flags in outcomes.robust_after.items()}}
+    wrong = sorted(name for name, value in recorded.items() if abs(value - float(derived[name])) > tolerance)
+    return f"per-example outcomes disagree with {', '.join(wrong)}" if wrong else None
 
 
 def _row_problem(row: ResultRow) -> str | None:
@@ -134,7 +187,11 @@ def _row_problem(row: ResultRow) -> str | None:
         return f"time must be ISO-8601, got {row.time!r}"
     if stamp.tzinfo is None:
         return f"time must carry a UTC offset (e.g. {utc_now()}), got {row.time!r}"
-    return None
+    if row.selection not in SELECTIONS:
+        return f"selection must be 'val' or 'test', got {row.selection!r}"
+    if row.check_examples < 0 or bool(row.checks_run) != (row.check_examples > 0):
+        return f"checks_run {list(row.checks_run)} and check_examples {row.check_examples} disagree"
+    return _outcomes_problem(row)
 
 
 def utc_now() -> str:
@@ -171,6 +228,15 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "wall_seconds": pa.float64(),
     "ssmbench_version": pa.string(),
     "torch_version": pa.string(),
+    "train_seed": pa.int64(),
+    "selection": pa.string(),
+    "split": pa.string(),
+    "examples": pa.string(),
+    "labels_sha256": pa.string(),
+    "outcomes": pa.binary(),
+    "outcome_attacks": pa.list_(pa.string()),
+    "checks_run": pa.list_(pa.string()),
+    "check_examples": pa.int64(),
 }
 
 # Column order follows ResultRow; a field without a type here fails at import, not at the first write.
@@ -190,8 +256,34 @@ def _from_v0(table: pa.Table) -> pa.Table:
     return table.append_column("flags", pa.array([[] for _ in range(n)], pa.list_(pa.string())))
 
 
+def _from_v1(table: pa.Table) -> pa.Table:
+    """Version 1 kept accuracies only: no per-example outcomes, no label hash, no check record.
+
+    What is known is filled in: evaluate() always used the first N test examples, checkpoints
+    of that time chose best on the test set, and the training seed was the row's seed (the only
+    seed a study had). No checks are recorded as run, so such rows read "not checked": a v1 row
+    cannot tell a passed check from one that never ran.
+    """
+    n = table.num_rows
+    strings = pa.list_(pa.string())
+    added = {
+        "train_seed": table.column("seed"),
+        "selection": pa.array(["test"] * n, pa.string()),
+        "split": pa.array(["test"] * n, pa.string()),
+        "examples": pa.array([first_n(k) for k in table.column("n_examples").to_pylist()], pa.string()),
+        "labels_sha256": pa.array([""] * n, pa.string()),
+        "outcomes": pa.array([b""] * n, pa.binary()),
+        "outcome_attacks": pa.array([[] for _ in range(n)], strings),
+        "checks_run": pa.array([[] for _ in range(n)], strings),
+        "check_examples": pa.array([0] * n, pa.int64()),
+    }
+    for name, column in added.items():
+        table = table.append_column(name, column)
+    return table
+
+
 # MIGRATIONS[v] turns a version-v table into a version v+1 table; reading applies them in turn.
-MIGRATIONS: dict[int, Callable[[pa.Table], pa.Table]] = {0: _from_v0}
+MIGRATIONS: dict[int, Callable[[pa.Table], pa.Table]] = {0: _from_v0, 1: _from_v1}
 
 
 def _schema_version(metadata: dict[bytes, bytes] | None, path: Path) -> int:
@@ -210,8 +302,11 @@ def _conform(table: pa.Table, version: int, path: Path) -> pa.Table:
             f"{path}: written with results schema version {version}, this ssmbench reads up to "
             f"{SCHEMA_VERSION}; upgrade ssmbench"
         )
-    for step in range(version, SCHEMA_VERSION):
-        table = MIGRATIONS[step](table)
+    try:
+        for step in range(version, SCHEMA_VERSION):
+            table = MIGRATIONS[step](table)
+    except KeyError as exc:  # a migration needs a column that a foreign file does not have
+        raise LeaderboardError(f"{path}: not an ssmbench results file (no column {exc})") from None
     missing = [name for name in SCHEMA.names if name not in table.column_names]
     if missing:
         raise LeaderboardError(f"{path}: not an ssmbench results file (missing columns {', '.join(missing)})")
@@ -242,7 +337,8 @@ def _to_table(rows: Sequence[ResultRow]) -> pa.Table:
         for name in SCHEMA.names:
             columns[name].append(getattr(row, name))
     columns["per_attack"] = [json.dumps(d, sort_keys=True) for d in columns["per_attack"]]
-    columns["flags"] = [list(f) for f in columns["flags"]]
+    for name in ("flags", "outcome_attacks", "checks_run"):
+        columns[name] = [list(f) for f in columns[name]]
     return pa.Table.from_pydict(columns, schema=SCHEMA)
 
 
@@ -405,13 +501,16 @@ def export(rows: Sequence[ResultRow], fmt: str, out: str | os.PathLike[str]) -> 
 
 
 def _csv_text(rows: Sequence[ResultRow]) -> str:
-    """Every field of every row; per_attack as JSON and flags joined by ';' so a cell stays a cell."""
+    """Every field of every row; per_attack as JSON, lists joined by ';' and the packed outcomes
+    in base64, so a cell stays a cell."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(SCHEMA.names)
     for row in rows:
         values = [getattr(row, name) for name in SCHEMA.names]
         values[SCHEMA.names.index("per_attack")] = json.dumps(row.per_attack, sort_keys=True)
-        values[SCHEMA.names.index("flags")] = ";".join(row.flags)
+        for name in ("flags", "outcome_attacks", "checks_run"):
+            values[SCHEMA.names.index(name)] = ";".join(getattr(row, name))
+        values[SCHEMA.names.index("outcomes")] = b64encode(row.outcomes).decode()
         writer.writerow(values)
     return buffer.getvalue()

@@ -17,12 +17,17 @@ from model_zoo.errors import UsageError
 from ssmbench import __version__
 from ssmbench.evaluate import EvalResult
 from ssmbench.leaderboard import ResultRow, utc_now
+from ssmbench.outcomes import PerExample, first_n
 
 
-def result_row(run_id: str, model: str, meta: CheckpointMeta, result: EvalResult, sha256: str) -> ResultRow:
+def result_row(
+    run_id: str, model: str, meta: CheckpointMeta, result: EvalResult, sha256: str, split: str = "test"
+) -> ResultRow:
     """The row for `result`, measured on the checkpoint described by `meta` with file hash `sha256`.
 
     `model` is the name as the user gave it (a path or a zoo name); it is recorded verbatim.
+    The row keeps the per-example outcomes and what identifies the examples (the first N of
+    `split`, their label hash), and which checks ran on how many examples.
     """
     config = meta.config
     method = str(meta.training.get("method", ""))
@@ -53,6 +58,16 @@ def result_row(run_id: str, model: str, meta: CheckpointMeta, result: EvalResult
         wall_seconds=result.wall_seconds,
         ssmbench_version=__version__,
         torch_version=torch.__version__,
+        train_seed=meta.seed,
+        # Checkpoints written before held-out selection existed chose best on the test set.
+        selection=str(meta.training.get("selection", "test")),
+        split=split,
+        examples=first_n(result.n_examples),
+        labels_sha256=result.labels_sha256,
+        outcomes=PerExample.from_tensors(result.clean, result.robust_after).pack(),
+        outcome_attacks=tuple(result.robust_after),
+        checks_run=tuple(outcome.name for outcome in result.checks),
+        check_examples=result.check_examples if result.checks else 0,
     )
 
 

@@ -6,6 +6,8 @@
     eval_examples = 360          # PGD-10 subset: per-epoch and final
     val_examples = 144           # held-out training images that select best (0: the test subset does)
     aa_examples = 64             # AutoAttack on the first N test images
+    seeds = [0, 1, 2]            # default [0]: every cell is trained and evaluated once per seed
+    checks = false               # default true; rows of a study without checks say "not checked"
     out = "runs/study-digits"
 
     [study.model]                # optional: overrides of the dataset preset, for every cell
@@ -23,8 +25,9 @@
     >>> report = run_study(config, observer)     # trains and evaluates every cell not yet done
     >>> markdown = render_study(config)
 
-A cell (architecture x method x AdS x attention) is the run directory
-`<out>/<arch>-<method>-<ads>[-attn]`. Running it means: train (resuming from the trainer's state
+A cell (architecture x method x AdS x attention x seed) is the run directory
+`<out>/<arch>-<method>-<ads>[-attn]` for seed 0 (the name studies had before seeds existed, so
+they stay done) and `<out>/<arch>-<method>-<ads>[-attn]-seed<N>` for seed N. Running it means: train (resuming from the trainer's state
 file after an interruption), evaluate best and last with every suite (each evaluation resumes
 from its own per-batch state file; when best is the last epoch its results serve both), append the rows to the leaderboard, and write `done.json`
 atomically as the very last step, so a rerun skips the cell. A combination that the model zoo
@@ -104,17 +107,18 @@ class Grid:
 
 @dataclass(frozen=True)
 class Cell:
-    """One model to train and evaluate."""
+    """One model to train and evaluate; the seed fixes its weights, data order and attacks."""
 
     arch: str
     method: str
     ads: str
     attention: bool
+    seed: int = 0
 
     @property
     def name(self) -> str:
-        """The run directory's name: `<arch>-<method>-<ads>[-attn]`."""
-        return f"{self.arch}-{self.method}-{self.ads}{'-attn' if self.attention else ''}"
+        """The run directory's name: `<arch>-<method>-<ads>[-attn]`, then `-seed<N>` unless N = 0."""
+        return f"{self.arch}-{self.method}-{self.ads}{'-attn' if self.attention else ''}{f'-seed{self.seed}' if self.seed else ''}"
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,7 @@ class StudyConfig:
     suites: tuple[str, ...] = ("pgd10", "autoattack")
     checks: bool = True
     eval_batch_size: int = 256
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)
     out: Path = Path("runs/study")
     leaderboard: Path = DEFAULT_RESULTS
     model: dict[str, Any] = field(default_factory=dict)
@@ -173,6 +177,10 @@ class StudyConfig:
         for option, value, choices in (("backend", self.backend, BACKENDS), ("aa_version", self.aa_version, AUTOATTACK_VERSIONS)):
             if value not in choices:
                 raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(
+            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in self.seeds
+        ):
+            raise UsageError(f"seeds must list distinct integers >= 0, e.g. [0, 1, 2]; got {list(self.seeds)}")
         for option, value in (("aa_examples", self.aa_examples), ("eval_batch_size", self.eval_batch_size)):
             if value < 1:
                 raise UsageError(f"{option} must be >= 1, got {value}")
@@ -182,18 +190,18 @@ class StudyConfig:
                 raise UsageError(f"[study.model.{arch}] must be a table of overrides, got {self.model[arch]!r}")
             _check_overrides(f"[study.model.{arch}]", self.model[arch])
         for method in dict.fromkeys(m for grid in self.grids for m in grid.methods):
-            self.train_config(method)  # TrainConfig validates the numbers
+            self.train_config(method, self.seeds[0])  # TrainConfig validates the numbers
 
     @property
     def title(self) -> str:
         return self.name or self.out.name
 
-    def train_config(self, method: str) -> TrainConfig:
+    def train_config(self, method: str, seed: int) -> TrainConfig:
         return TrainConfig(
             method=method, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
             weight_decay=self.weight_decay, eps=self.eps, alpha=self.alpha, steps=self.steps,
             grad_clip=self.grad_clip, train_examples=self.train_examples, eval_examples=self.eval_examples,
-            val_examples=self.val_examples, seed=self.seed,
+            val_examples=self.val_examples, seed=seed,
         )
 
     def model_overrides(self, arch: str) -> dict[str, Any]:
@@ -257,8 +265,12 @@ def _parse(document: dict[str, Any]) -> StudyConfig:
     for key in ("out", "leaderboard"):
         if key in settings:
             settings[key] = Path(settings[key])
-    if "suites" in settings:
-        settings["suites"] = tuple(settings["suites"])
+    for key in ("suites", "seeds"):
+        if key in settings:
+            if not isinstance(settings[key], list):
+                example = "[0, 1, 2]" if key == "seeds" else '["pgd10"]'
+                raise UsageError(f"{key} must be a list, e.g. {key} = {example}")
+            settings[key] = tuple(settings[key])
     grids = []
     for table in document.get("grid", []):
         bad = sorted(set(table) - _GRID_KEYS)
@@ -286,11 +298,14 @@ def _number(value: object, name: str) -> float:
 
 
 def expand(config: StudyConfig) -> tuple[list[Cell], list[Skipped]]:
-    """The union of the grids' products in first-seen order, and the combinations the zoo refuses."""
+    """The union of the grids' products (each combination once per seed) in first-seen order, and
+    the combinations the zoo refuses."""
     seen: dict[Cell, None] = {}
     for grid in config.grids:
-        for arch, method, ads, attention in itertools.product(grid.models, grid.methods, grid.ads, grid.attention):
-            seen.setdefault(Cell(arch, method, ads, attention))
+        for arch, method, ads, attention, seed in itertools.product(
+            grid.models, grid.methods, grid.ads, grid.attention, config.seeds
+        ):
+            seen.setdefault(Cell(arch, method, ads, attention, seed))
     cells, skipped = [], []
     for cell in seen:
         try:
@@ -516,10 +531,10 @@ def _run_cell(
 ) -> tuple[list[ResultRow], int]:
     """Train (or resume), evaluate best and last, record the rows; returns them and the epochs trained."""
     run_dir = config.run_dir(cell)
-    seed_everything(config.seed)
+    seed_everything(cell.seed)
     model = build_model(cell.arch, config.dataset, cell.ads, cell.attention, **config.model_overrides(cell.arch)).to(device)
     result = train(
-        model, loaded.train, loaded.test, config.train_config(cell.method), run_dir,
+        model, loaded.train, loaded.test, config.train_config(cell.method, cell.seed), run_dir,
         augment=data.augment if loaded.augment else None, observer=observer, resume=(run_dir / STATE).is_file(),
     )
     evaluated: list[_Evaluated] = []
@@ -564,7 +579,7 @@ def _evaluate(
         try:
             results.append(evaluate(
                 model, images, labels, suite, config.eps, n, config.eval_batch_size, device, config.backend,
-                config.seed, progress, version=config.aa_version, checks=CheckConfig() if config.checks else None,
+                cell.seed, progress, version=config.aa_version, checks=CheckConfig() if config.checks else None,
                 state_path=path.parent / f"eval-{kind}-{suite}.json",
             ))
         except RunError:
@@ -579,7 +594,7 @@ def _run_id(config: StudyConfig, cell: Cell, hashes: list[str]) -> str:
     """Stable for one cell's checkpoints and evaluation settings, so a rerun never records twice."""
     key = json.dumps({"cell": cell.name, "checkpoints": hashes, "suites": config.suites, "eps": config.eps,
                       "eval": config.eval_examples, "aa": config.aa_examples, "backend": config.backend,
-                      "version": config.aa_version, "seed": config.seed}, sort_keys=True)
+                      "version": config.aa_version, "seed": cell.seed}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -608,7 +623,7 @@ def study_rows(config: StudyConfig) -> list[ResultRow]:
 
 def caption(config: StudyConfig) -> str:
     """What the numbers were measured with: training budget, model, and every evaluation subset."""
-    freeat = config.train_config("freeat")
+    freeat = config.train_config("freeat", config.seeds[0])
     train_set = f"the first {config.train_examples} training images" if config.train_examples else "the whole training split"
     eval_set = f"the first {config.eval_examples} test images" if config.eval_examples else "the whole test split"
     model = f"the {config.dataset} preset" + _overrides_text(config.model)
@@ -622,8 +637,9 @@ def caption(config: StudyConfig) -> str:
     return (
         f"Trained {_count(config.epochs, 'epoch')} (FreeAT {_count(freeat.effective_epochs, 'epoch')} x {freeat.freeat_m} replays) on {train_set}, "
         f"batch {config.batch_size}, AdamW lr {config.lr:g} (cosine), weight decay {config.weight_decay:g}, "
-        f"seed {config.seed}; model: {model}. Best = the epoch with the highest PGD-10 accuracy on {selection_set}. "
-        f"Evaluated: {'; '.join(suites)}."
+        f"{_count(len(config.seeds), 'seed')} ({', '.join(map(str, config.seeds))}); model: {model}. "
+        f"Best = the epoch with the highest PGD-10 accuracy on {selection_set}. Evaluated: {'; '.join(suites)}. "
+        + ("Sanity checks on every evaluation." if config.checks else "Sanity checks off (checks = false): the rows say not checked.")
     )
 
 
@@ -644,7 +660,9 @@ def render_study(config: StudyConfig) -> str:
     """Markdown: the caption, the paper-style table of the finished cells, then what is not done."""
     # The leaderboard's preamble explains the columns for the published file; the study has its own caption.
     tables = render_markdown(study_rows(config)).removeprefix(PREAMBLE).strip()
-    parts = [f"# Study: {config.title} ({config.dataset})", "", caption(config), "", tables, ""]
+    legend = ("Accuracies in % with their 95% Wilson intervals; ≈: not significantly different from the line "
+              "above (exact McNemar on per-example outcomes, else Fisher's exact test on the counts).")
+    parts = [f"# Study: {config.title} ({config.dataset})", "", caption(config), legend, "", tables, ""]
     cells, skipped = expand(config)
     unfinished = [s for s in (status(config, cell) for cell in cells) if s.status != DONE]
     if unfinished:

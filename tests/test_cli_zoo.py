@@ -10,6 +10,8 @@ import torch
 from model_zoo import build_model
 from model_zoo.checkpoints import CheckpointMeta, save
 from ssmbench.cli import main
+from ssmbench.leaderboard_render import with_interval
+from ssmbench.stats import wilson
 
 
 def test_zoo_list_names_every_architecture(capsys: pytest.CaptureFixture[str]) -> None:
@@ -28,9 +30,15 @@ def test_zoo_list_shows_every_named_checkpoint_uncut_at_80_columns(capsys, monke
     assert main(["zoo", "list"]) == 0
     out = capsys.readouterr().out
     assert max(len(line.rstrip()) for line in out.splitlines()) <= 80
+    lines = out.splitlines()
     for entry in zoo.load_zoo().values():
-        line = next(line for line in out.splitlines() if line.startswith(f" {entry.name} "))
-        assert f"{100 * entry.metrics['clean_acc']:.2f}" in line and f"{100 * entry.metrics['autoattack_acc']:.2f}" in line
+        index = next(i for i, line in enumerate(lines) if line.startswith(f" {entry.name} "))
+        metrics = entry.metrics
+        for key, n_key in (("clean_acc", "n_examples"), ("pgd10_acc", "n_examples"), ("autoattack_acc", "autoattack_examples")):
+            # The accuracy on the name's line, its 95% Wilson interval right under it.
+            value, interval = with_interval(metrics[key], *wilson(round(metrics[key] * metrics[n_key]), int(metrics[n_key]))).split(" ")
+            assert f" {value}" in lines[index] and interval in lines[index + 1]
+        assert f"n = {int(metrics['n_examples'])}/{int(metrics['autoattack_examples'])}" in lines[index + 1]
 
 
 def test_zoo_show_of_a_name_gives_its_description(capsys) -> None:

@@ -27,6 +27,9 @@ from ssmbench.cli import main
 from ssmbench.leaderboard_render import PREAMBLE
 
 REPO = Path(__file__).resolve().parents[1]
+# Columns that results schema 2 added; a file without them is a version-1 file.
+V2_COLUMNS = ["train_seed", "selection", "split", "examples", "labels_sha256", "outcomes", "outcome_attacks",
+              "checks_run", "check_examples"]
 EPS = 8 / 255
 
 
@@ -75,23 +78,23 @@ def known_rows() -> list[lb.ResultRow]:
 GOLDEN_TABLES = """\
 ## digits, Linf, ε = 8/255
 
-Test examples: PGD-10 on 360; AutoAttack on 200.
+Test examples: PGD-10 on 360; AutoAttack on 200. Best checkpoint selected by PGD-10 on the test images.
 
-| Model | Method | Train ε | Best CA | Best PGD-10 | Best AA | Last CA | Last PGD-10 | Last AA | Diff CA | Diff PGD-10 | Diff AA |
-| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
-| s4d + AdS (relu) | PGD-AT | 8/255 | 91.25 | 51.50 | 48.25 | 93.00 | 46.00 | 44.00 | -1.75 | +5.50 | +4.25 |
-| s4d + attention | TRADES | 8/255 | 88.00 | 55.00 | 46.50† | 87.12 | 53.01 | - | +0.88 | +1.99 | - |
-| s4d | ST | 0 | 99.00 | 0.00 | - | 98.50 | 0.00 | - | +0.50 | +0.00 | - |
+| Model | Method | Train ε | Seeds | ≈ | Best CA | Best PGD-10 | Best AA | Last CA | Last PGD-10 | Last AA | Diff CA | Diff PGD-10 | Diff AA | Checks |
+| --- | --- | --- | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |
+| s4d + AdS (relu) | PGD-AT | 8/255 | 1 |  | 91.3 (87.7-93.6) | 51.5 (46.2-56.5) | 48.3 (41.2-54.9) | 93.0 (89.9-95.3) | 46.0 (41.0-51.3) | 44.0 (37.3-50.9) | -1.7 | +5.5 | +4.3 | not checked |
+| s4d + attention | TRADES | 8/255 | 1 | ≈ | 88.0 (84.3-91.0) | 55.0 (49.8-60.1) | 46.5 (39.7-53.4)† | 87.1 (83.4-90.3) | 53.0 (47.9-58.2) | - | +0.9 | +2.0 | - | flagged: zero-gradients |
+| s4d | ST | 0 | 1 |  | 99.0 (97.2-99.6) | 0.0 (0.0-1.1) | - | 98.5 (96.8-99.4) | 0.0 (0.0-1.1) | - | +0.5 | +0.0 | - | not checked |
 
 † A sanity check flagged this result (e.g. signs of gradient masking); `ssmbench leaderboard show` lists the flags.
 
 ## mnist, Linf, ε = 8/255
 
-Test examples: AutoAttack on 2000.
+Test examples: AutoAttack on 2000. Best checkpoint selected by PGD-10 on the test images.
 
-| Model | Method | Train ε | Best CA | Best PGD-10 | Best AA | Last CA | Last PGD-10 | Last AA | Diff CA | Diff PGD-10 | Diff AA |
-| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
-| s5 | PGD-AT | 8/255 | 97.00 | - | 90.00 | - | - | - | - | - | - |
+| Model | Method | Train ε | Seeds | ≈ | Best CA | Best PGD-10 | Best AA | Last CA | Last PGD-10 | Last AA | Diff CA | Diff PGD-10 | Diff AA | Checks |
+| --- | --- | --- | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |
+| s5 | PGD-AT | 8/255 | 1 |  | 97.0 (96.2-97.7) | - | 90.0 (88.6-91.2) | - | - | - | - | - | - | not checked |
 """
 
 
@@ -135,7 +138,7 @@ def test_append_then_read_round_trips_every_field(tmp_path: Path) -> None:
     lb.append(path, rows[:5])
     lb.append(path, rows[5:])
     assert lb.read(path) == rows
-    assert pq.ParquetFile(path).schema_arrow.metadata[b"ssmbench.schema_version"] == b"1"
+    assert pq.ParquetFile(path).schema_arrow.metadata[b"ssmbench.schema_version"] == str(lb.SCHEMA_VERSION).encode()
     assert lb.read(path)[8].flags == ("zero-gradients",)
 
 
@@ -197,7 +200,7 @@ def test_append_killed_mid_write_leaves_a_readable_file(tmp_path: Path) -> None:
 def test_version_0_file_without_model_and_flags_still_reads(tmp_path: Path) -> None:
     path = tmp_path / "results.parquet"
     current = lb._to_table([make_row("old1", robust_acc=0.4), make_row("old2", suite="autoattack")])
-    old = current.drop_columns(["model", "flags"])
+    old = current.drop_columns(["model", "flags", *V2_COLUMNS])
     pq.write_table(old.replace_schema_metadata({b"ssmbench.schema_version": b"0"}), path)
     rows = lb.read(path)
     assert [(r.run_id, r.model, r.flags, r.robust_acc, r.suite) for r in rows] == [
@@ -205,7 +208,7 @@ def test_version_0_file_without_model_and_flags_still_reads(tmp_path: Path) -> N
         ("old2", "", (), 0.5, "autoattack"),
     ]
     lb.append(path, [make_row("new")])  # rewrites the file in the current schema
-    assert pq.ParquetFile(path).schema_arrow.metadata[b"ssmbench.schema_version"] == b"1"
+    assert pq.ParquetFile(path).schema_arrow.metadata[b"ssmbench.schema_version"] == str(lb.SCHEMA_VERSION).encode()
     assert [r.model for r in lb.read(path)] == ["", "", "s4d-pgd-digits"]
 
 
@@ -252,9 +255,11 @@ def test_invalid_rows_are_refused(changes: dict[str, object], message: str) -> N
 
 
 def test_markdown_matches_golden() -> None:
-    # Diff = Best - Last of the printed numbers: 91.25 - 93.00 = -1.75, 51.50 - 46.00 = +5.50,
-    # 48.25 - 44.00 = +4.25 (the older AA run a2 at 10.00 is replaced by a3). Sorted by Best AA:
+    # Diff = Best - Last of the printed numbers: 91.3 - 93.0 = -1.7, 51.5 - 46.0 = +5.5,
+    # 48.3 - 44.0 = +4.3 (the older AA run a2 at 10.00 is replaced by a3). Sorted by Best AA:
     # 48.25 > 46.50 (flagged) > none, which is not the order of the family names. CA comes from the PGD-10 row (mnist: only AA, so from it).
+    # The intervals are Wilson's (tests/test_trust.py checks them against the formula); 48.25% vs
+    # 46.5% of 200 is no significant difference (≈), 55.0% vs 0.0% of 360 is.
     assert lb.render_markdown(known_rows()) == PREAMBLE + "\n" + GOLDEN_TABLES
 
 
@@ -317,9 +322,9 @@ def test_cli_show_filters_and_prints_percentages(results: Path, capsys, monkeypa
     monkeypatch.setattr(cli_leaderboard.console, "width", 300)  # no wrapping inside cells
     assert main(["leaderboard", "show", "--path", str(results), "--dataset", "digits"]) == 0
     out = capsys.readouterr().out
-    assert "48.25" in out and "10.00" in out  # every result, the replaced a2 too
+    assert "48.3" in out and "10.0" in out  # every result, the replaced a2 too
     assert "zero-gradients" in out
-    assert "97.00" not in out and "mnist" not in out  # the mnist row is filtered out
+    assert "97.0" not in out and "mnist" not in out  # the mnist row is filtered out
     assert f"{results}: 12 results" in out
 
 
@@ -329,10 +334,10 @@ def test_cli_show_fits_80_columns_without_cutting_numbers(results: Path, capsys,
     lines = capsys.readouterr().out.splitlines()
     assert max(len(line.rstrip()) for line in lines) <= 80
     text = "\n".join(lines)
-    for number in ("91.25", "48.25", "10.00", "87.12", "53.01", "97.00", "90.00"):
-        assert number in text  # no percentage squeezed into an ellipsis
+    for number in ("91.3", "48.3", "10.0", "87.1", "53.0", "97.0", "90.0", "(88.6-91.2)", "(41.2-54.9)"):
+        assert number in text  # no percentage or interval squeezed into an ellipsis
     assert "digits, Linf eps 8/255" in text and "mnist, Linf eps 8/255" in text  # one table per dataset and eps
-    assert "46.50\u2020" in text and "(b2): zero-gradients" in text  # flagged: marked, its flags listed below
+    assert "46.5\u2020" in text and "(b2): zero-gradients" in text  # flagged: marked, its flags listed below
 
 
 def test_cli_show_wide_lists_provenance(results: Path, capsys, monkeypatch) -> None:
@@ -382,7 +387,7 @@ def test_cli_missing_results_file_is_a_usage_error(tmp_path: Path, capsys) -> No
     assert "none.parquet" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["show", "publish", "export"])
+@pytest.mark.parametrize("command", ["show", "publish", "export", "compare"])
 def test_cli_help_has_an_example(command: str, capsys) -> None:
     assert main(["leaderboard", command, "--help"]) == 0
     assert f"Example: ssmbench leaderboard {command}" in capsys.readouterr().out

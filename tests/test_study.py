@@ -177,9 +177,9 @@ def test_the_shipped_digits_study_is_the_papers_grid() -> None:
 
 def test_val_examples_reach_the_trainer_and_the_caption(tmp_path: Path) -> None:
     config = load_study(write_study(tmp_path, TINY.replace("eval_examples = 32", "eval_examples = 32\nval_examples = 16")))
-    assert config.train_config("pgd").val_examples == 16 and config.train_config("pgd").selection == "val"
+    assert config.train_config("pgd", 0).val_examples == 16 and config.train_config("pgd", 0).selection == "val"
     assert "highest PGD-10 accuracy on 16 held-out training images" in render_study(config)
-    assert load_study(write_study(tmp_path, TINY)).train_config("pgd").selection == "test"
+    assert load_study(write_study(tmp_path, TINY)).train_config("pgd", 0).selection == "test"
     for study in ("digits.toml", "digits-long.toml", "fashion-mnist.toml", "smoke.toml"):
         assert load_study(STUDIES / study).val_examples > 0, study
 
@@ -245,8 +245,17 @@ def test_dry_run_lists_done_and_pending_cells(killed: Killed) -> None:
     assert "1 done, 0 failed, 0 running, 1 pending" in out
 
 
-def percent(fraction: float) -> Decimal:
-    return (Decimal(repr(fraction)) * 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+def percent1(fraction: float) -> Decimal:
+    return (Decimal(repr(fraction)) * 100).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+
+
+def cell(fraction: float, n: int) -> str:
+    """'86.1 (82.2-89.3)' with the Wilson interval from its closed form (z = 1.959964)."""
+    k, z = round(fraction * n), 1.959963984540054
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    low, high = ((centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n))
+    return f"{percent1(fraction)} ({percent1(low)}-{percent1(high)})"
 
 
 def test_the_study_table_shows_both_cells_with_best_last_and_diff(killed: Killed, resumed: Recorder) -> None:
@@ -254,17 +263,20 @@ def test_the_study_table_shows_both_cells_with_best_last_and_diff(killed: Killed
     text = render_study(config)
     assert "Trained 2 epochs" in text and "first 64 training images" in text and "pgd10 on the first 32 test images" in text
     assert "d_model = 16" in text and "Not finished" not in text
+    assert "Sanity checks off (checks = false)" in text and "1 seed (0)" in text
     by_method = {}
     for row in read(config.leaderboard):
         by_method.setdefault(row.method, {})[row.checkpoint_kind] = row
     for method, label in (("st", "ST"), ("pgd", "PGD-AT")):
         best, last = by_method[method]["best"], by_method[method]["last"]
-        cells = [f"{percent(best.clean_acc)}", f"{percent(best.robust_acc)}", "-",
-                 f"{percent(last.clean_acc)}", f"{percent(last.robust_acc)}", "-",
-                 f"{percent(best.clean_acc) - percent(last.clean_acc):+.2f}",
-                 f"{percent(best.robust_acc) - percent(last.robust_acc):+.2f}", "-"]
+        cells = [cell(best.clean_acc, 32), cell(best.robust_acc, 32), "-",
+                 cell(last.clean_acc, 32), cell(last.robust_acc, 32), "-",
+                 f"{percent1(best.clean_acc) - percent1(last.clean_acc):+.1f}",
+                 f"{percent1(best.robust_acc) - percent1(last.robust_acc):+.1f}", "-"]
         eps = "0" if method == "st" else "8/255"
-        assert f"| s4d | {label} | {eps} | " + " | ".join(cells) + " |" in text
+        line = next(line for line in text.splitlines() if line.startswith(f"| s4d | {label} | {eps} | 1 | "))
+        # The study ran with checks = false: its rows say so rather than passing as checked.
+        assert line.endswith(" | ".join(cells) + " | not checked |"), line
 
 
 def test_a_failed_cell_is_recorded_and_the_study_goes_on(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
-"""`ssmbench leaderboard show|publish|export`: the results file, as a table, markdown or exports."""
+"""`ssmbench leaderboard show|publish|export|compare`: the results file as a table, markdown or
+exports, and the paired comparison of two of its results."""
 
 from __future__ import annotations
 
-from datetime import timezone
 from enum import Enum
 from pathlib import Path
 
@@ -13,7 +13,11 @@ from rich.table import Table
 from model_zoo.errors import RunError
 from ssmbench import leaderboard
 from ssmbench.cli._common import console
-from ssmbench.leaderboard_render import FLAG_MARK, METHOD_NAMES, SUITES, TableKey, family, format_eps, percent, table_key
+from ssmbench.compare import compare, describe, examples_text, pick
+from ssmbench.leaderboard_render import (
+    FLAG_MARK, METHOD_NAMES, SUITES, TableKey, family, format_eps, percent1, row_interval, table_key,
+)
+from ssmbench.stats import Paired
 
 leaderboard_app = typer.Typer(help="Show, publish and export the results leaderboard.", no_args_is_help=True)
 
@@ -34,8 +38,9 @@ def show_command(
     wide: bool = typer.Option(False, "--wide", help="Every field of every row (model path, versions, device...)."),
     path: Path = PATH_OPTION,
 ) -> None:
-    """List every result in the results file, oldest first, with its sanity flags: one table per
-    dataset and eps, narrow enough for an 80-column terminal (--wide for every field).
+    """List every result in the results file, oldest first, with 95% Wilson intervals and whether
+    the sanity checks passed, flagged or did not run: one table per dataset and eps, narrow enough
+    for an 80-column terminal (--wide for every field). Every seed is its own row.
 
     Example: ssmbench leaderboard show --dataset digits --method pgd
     """
@@ -50,6 +55,8 @@ def show_command(
         tables.setdefault(table_key(row), []).append(row)
     for key, group in tables.items():
         console.print(render(f"{key.dataset}, {key.threat_model} eps {format_eps(key.eps)}", group))
+        if not wide:
+            console.print(CHECKS_LEGEND)
         flagged = [row for row in group if row.flags]
         if flagged and not wide:
             for row in flagged:
@@ -58,33 +65,49 @@ def show_command(
             console.print()
 
 
+CHECK_CELLS = {leaderboard.CHECKED: "ok", leaderboard.FLAGGED: "flag", leaderboard.NOT_CHECKED: "-"}
+CHECKS_LEGEND = ("CA/RA: % with 95% Wilson interval. chk: ok = sanity checks passed, flag = flagged (listed "
+                 "below), - = not checked")
+
+
 def _compact_table(title: str, rows: list[leaderboard.ResultRow]) -> Table:
-    """The columns that tell results apart, about 78 characters wide: the family label says
-    architecture, AdS and attention; a flagged result gets a mark, its flags are listed below."""
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
-    table.add_column("model", min_width=16)  # the one column that wraps: 'dss + AdS (sigmoid) + attention'
-    for column, width in (("method", 6), ("ckpt", 4), ("suite", 6), ("n", 4), ("CA %", 5), ("RA %", 6), ("time (UTC)", 11)):
-        table.add_column(column, justify="right" if "%" in column or column == "n" else "left", min_width=width, no_wrap=True)
+    """The columns that tell results apart, at most 80 characters wide: the family label says
+    architecture, AdS and attention; each accuracy has its interval on a second line; a flagged
+    result gets a mark, its flags are listed below."""
+    # SIMPLE_HEAD separates columns by a space already: no padding, or 9 columns overflow 80.
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
+    table.add_column("model", min_width=14)  # the one column that wraps: 'dss + AdS (sigmoid) + attention'
+    for column, width in (("method", 6), ("ckpt", 4), ("suite", 6), ("seed", 4), ("n", 4), ("CA %", 11), ("RA %", 12), ("chk", 4)):
+        table.add_column(column, justify="right" if "%" in column or column in ("n", "seed") else "left", min_width=width, no_wrap=True)
     for row in rows:
         table.add_row(
             family(row).label, _method(row), row.checkpoint_kind or "-", SUITES.get(row.suite, (row.suite,))[0],
-            str(row.n_examples), str(percent(row.clean_acc)), f"{percent(row.robust_acc)}{FLAG_MARK if row.flags else ''}",
-            row.timestamp.astimezone(timezone.utc).strftime("%m-%d %H:%M"),
+            str(row.train_seed), str(row.n_examples), _two_lines(row, clean=True),
+            _two_lines(row, clean=False) .replace("\n", f"{FLAG_MARK if row.flags else ''}\n", 1),
+            CHECK_CELLS[row.check_status],
         )
     return table
 
 
+def _two_lines(row: leaderboard.ResultRow, clean: bool) -> str:
+    """'86.1' over '(82.2-89.3)': the interval under its accuracy keeps the table narrow."""
+    value, interval = row_interval(row, clean).split(" ", 1)
+    return f"{value}\n{interval}"
+
+
 def _wide_table(title: str, rows: list[leaderboard.ResultRow]) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("time", "run", "model", "arch", "ads", "attn", "method", "train eps", "ckpt", "suite",
-                   "backend", "n", "CA %", "robust %", "flags", "device", "seconds", "versions"):
-        table.add_column(column, justify="right" if column in ("n", "CA %", "robust %", "seconds") else "left")
+    for column in ("time", "run", "model", "arch", "ads", "attn", "method", "train eps", "seed", "selection", "ckpt",
+                   "suite", "backend", "examples", "CA %", "robust %", "checks", "flags", "device", "seconds", "versions"):
+        table.add_column(column, justify="right" if column in ("CA %", "robust %", "seconds", "seed") else "left")
     for row in rows:
+        checks = (f"{', '.join(row.checks_run)} on {row.check_examples}" if row.checks_run else "not checked")
+        examples = f"{row.n_examples}: {row.split} {row.examples}" + (f", labels {row.labels_sha256[:12]}" if row.labels_sha256 else "")
         table.add_row(
             row.time, row.run_id, row.model, row.arch, row.ads, "yes" if row.attention else "no", row.method,
-            format_eps(row.train_eps), row.checkpoint_kind or "-", row.suite, f"{row.backend} {row.backend_version}",
-            str(row.n_examples), str(percent(row.clean_acc)), str(percent(row.robust_acc)),
-            ", ".join(row.flags) or "-", row.device, f"{row.wall_seconds:.0f}",
+            format_eps(row.train_eps), str(row.train_seed), row.selection, row.checkpoint_kind or "-", row.suite,
+            f"{row.backend} {row.backend_version}", examples, row_interval(row, clean=True), row_interval(row),
+            checks, ", ".join(row.flags) or "-", row.device, f"{row.wall_seconds:.0f}",
             f"ssmbench {row.ssmbench_version}, torch {row.torch_version}",
         )
     return table
@@ -136,6 +159,42 @@ def export_command(
     rows = leaderboard.query(path, dataset=dataset, arch=arch, method=method)
     written = leaderboard.export(rows, fmt.value, out)
     console.print(f"wrote {len(written)} file(s) from {len(rows)} results under {out}")
+
+
+@leaderboard_app.command("compare")
+def compare_command(
+    a: str = typer.Argument(..., help="Model A: a zoo name, a checkpoint path, a run id, or a label as the tables print it."),
+    b: str = typer.Argument(..., help="Model B, named the same ways."),
+    suite: str = typer.Option("pgd10", "--attack", help="Which suite's results to compare, e.g. pgd10 or autoattack."),
+    ckpt: str = typer.Option("best", "--ckpt", help="best or last, when a name matches both checkpoints."),
+    n_examples: int = typer.Option(None, "--n-examples", help="Only results on this many examples (default: the newest)."),
+    path: Path = PATH_OPTION,
+) -> None:
+    """Compare two results measured on the same examples with the same attack: the accuracy
+    difference A - B with a paired 95% interval and the exact McNemar p-value on the per-example
+    outcomes. Refuses results on different examples, attacks or eps, and rows without outcomes.
+
+    Example: ssmbench leaderboard compare s4-pgd-tanh-digits s5-pgd-none-digits --attack pgd10
+    """
+    rows = leaderboard.read(path)
+    result = compare(pick(rows, a, suite, ckpt, n_examples), pick(rows, b, suite, ckpt, n_examples))
+    console.print(f"A: {a}: {describe(result.a)}")
+    console.print(f"B: {b}: {describe(result.b)}")
+    console.print(f"on {examples_text(result.a)}, {result.a.threat_model} eps {format_eps(result.a.eps)}")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=0)  # two-line cells: fits 80 columns
+    for column in ("%", "A", "B", "A - B, 95% CI", "only A", "only B", "McNemar p"):
+        table.add_column(column, justify="left" if column == "%" else "right", no_wrap=True)
+    for name, stats, clean in (("robust", result.robust, False), ("clean", result.clean, True)):
+        a_cell, b_cell = (row_interval(row, clean).replace(" ", "\n", 1) for row in (result.a, result.b))
+        table.add_row(name, a_cell, b_cell, _difference(stats), str(stats.only_a), str(stats.only_b), f"{stats.p_value:.3g}")
+    console.print(table)
+    verdict = "A - B is significant at the 5% level" if result.robust.significant else \
+        "no significant difference in robust accuracy (p >= 0.05): do not rank these two"
+    console.print(verdict)
+
+
+def _difference(stats: Paired) -> str:
+    return f"{percent1(stats.difference):+}\n({percent1(stats.low):+} to {percent1(stats.high):+})"
 
 
 def register(app: typer.Typer) -> None:

@@ -117,6 +117,17 @@ def _split(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _seeds(text: str | None) -> tuple[int, ...] | None:
+    """'0,1,2' -> (0, 1, 2); a part that is not an integer is a usage error."""
+    parts = _split(text)
+    if parts is None:
+        return None
+    try:
+        return tuple(int(part) for part in parts)
+    except ValueError:
+        raise UsageError(f"--seeds must be integers separated by commas, e.g. 0,1,2; got {text!r}") from None
+
+
 def _config(config: Path | None, grid: dict[str, Any], settings: dict[str, Any]) -> StudyConfig:
     """The study file's settings, or the flags' grid, with every given flag overriding a setting."""
     given = {key: value for key, value in settings.items() if value is not None}
@@ -163,7 +174,7 @@ def study_command(
     suites: str = typer.Option(None, help="Attack suites run on best and last, comma-separated (default pgd10,autoattack)."),
     backend: str = typer.Option(None, help="AutoAttack code: official | torchattacks."),
     checks: bool = typer.Option(None, "--checks/--no-checks", help="Gradient-masking sanity checks on every evaluation."),
-    seed: int = typer.Option(None, help="Seed of every cell (weights, data order, attacks)."),
+    seeds: str = typer.Option(None, help="Seeds, comma-separated, e.g. 0,1,2: every cell once per seed (weights, data order, attacks); default 0."),
     out: Path = typer.Option(None, help="Run root: one directory per cell (flag form default runs/study-DATASET)."),
     leaderboard: Path = typer.Option(None, help=f"Results file the rows are appended to (default {DEFAULT_RESULTS})."),
     shard: str = typer.Option(None, help="i/k: run only cells i, i+k, ... of the grid (1-based), e.g. 1/2 and 2/2 in two shells."),
@@ -187,7 +198,7 @@ def study_command(
     settings = {
         "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_examples": train_examples,
         "eval_examples": eval_examples, "aa_examples": aa_examples, "suites": _split(suites), "backend": backend,
-        "checks": checks, "seed": seed, "out": out, "leaderboard": leaderboard,
+        "checks": checks, "seeds": _seeds(seeds), "out": out, "leaderboard": leaderboard,
         "eps": None if eps is None else parse_fraction(eps, "--eps"),
     }
     study = _config(config, grid, settings)

@@ -21,17 +21,22 @@ from ssmbench.checks import FLAGS, CheckConfig
 from ssmbench.cli._common import console, parse_fraction, progress_bar
 from ssmbench.evaluate import EvalResult, evaluate
 from ssmbench.leaderboard import read
-from ssmbench.leaderboard_render import METHOD_NAMES
+from ssmbench.leaderboard_render import METHOD_NAMES, with_interval
 from ssmbench.loading import resolve_target
 from ssmbench.records import newest_rows, zoo_metrics
+from ssmbench.stats import count, wilson
 
 ZOO_SUITES = ("pgd10", "autoattack")
 
 zoo_app = typer.Typer(help="Architectures, presets and named checkpoints.", no_args_is_help=True)
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+def _interval(metrics: dict[str, float], key: str, n_key: str, lines: str = "\n") -> str:
+    """'74.2' over '(69.4-78.4)': an entry's accuracy with its 95% Wilson interval ('-' if absent)."""
+    value, n = metrics.get(key), int(metrics.get(n_key, 0))
+    if value is None or n < 1:
+        return "-"
+    return with_interval(value, *wilson(count(value, n), n)).replace(" ", lines, 1)
 
 
 def _training_summary(training: dict[str, object]) -> str:
@@ -57,22 +62,20 @@ def list_command() -> None:
     console.print(f"AdS options: {', '.join(ADS_CHOICES)}   attention: --attention on any architecture")
     console.print(f"Dataset presets: {', '.join(PRESETS)}")
     entries = zoo.load_zoo()
-    models = Table(title="Named checkpoints, accuracies in % (ssmbench eval NAME; ssmbench zoo show NAME)",
-                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
-    for column in ("name", "dataset", "trained"):
-        models.add_column(column, no_wrap=True)
-    for column in ("CA", "PGD-10", "AA", "n"):  # n: PGD-10 / AutoAttack examples
+    models = Table(title="Named checkpoints: accuracy % over its 95% Wilson interval; n = PGD-10/AutoAttack "
+                   "test images (ssmbench zoo show NAME)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
+    models.add_column("name", no_wrap=True)
+    models.add_column("trained", no_wrap=True)  # two lines: the dataset, then method and epochs
+    for column in ("CA", "PGD-10", "AA"):
         models.add_column(column, justify="right", no_wrap=True)
     for entry in entries.values():
         metrics = entry.metrics
         models.add_row(
-            entry.name,
-            str(entry.config.get("dataset", "")),
-            _training_summary(entry.training),
-            _percent(metrics.get("clean_acc")),
-            _percent(metrics.get("pgd10_acc")),
-            _percent(metrics.get("autoattack_acc")),
-            f"{int(metrics.get('n_examples', 0))}/{int(metrics.get('autoattack_examples', 0))}",
+            f"{entry.name}\nn = {int(metrics.get('n_examples', 0))}/{int(metrics.get('autoattack_examples', 0))}",
+            f"{entry.config.get('dataset', '')}\n{_training_summary(entry.training)}",
+            _interval(metrics, "clean_acc", "n_examples"),
+            _interval(metrics, "pgd10_acc", "n_examples"),
+            _interval(metrics, "autoattack_acc", "autoattack_examples"),
         )
     console.print(models if entries else "No named checkpoints in model_zoo/zoo.toml yet.")
 
@@ -99,6 +102,12 @@ def show_command(target: str = typer.Argument(..., help="A .safetensors checkpoi
         table.add_row(key, str(raw.get(key)))
     for key in ("config", "training", "metrics"):
         table.add_row(key, json.dumps(raw.get(key, {}), sort_keys=True))
+    if entry is not None and entry.metrics:
+        metrics = entry.metrics
+        table.add_row("accuracy % (95% Wilson)", (
+            f"clean {_interval(metrics, 'clean_acc', 'n_examples', ' ')}, PGD-10 {_interval(metrics, 'pgd10_acc', 'n_examples', ' ')} "
+            f"on {int(metrics.get('n_examples', 0))}; AutoAttack {_interval(metrics, 'autoattack_acc', 'autoattack_examples', ' ')} "
+            f"on {int(metrics.get('autoattack_examples', 0))} test images"))
     console.print(table)
 
 
@@ -175,9 +184,9 @@ def add_command(
             console.print(f"[yellow]flag {flag}[/yellow]: {FLAGS.get(flag, 'reported by the AutoAttack code itself')}")
     entry = zoo.add_entry(checkpoint, name, metrics, description, zoo_file=zoo_file, replace=replace)
     console.print(
-        f"{name}: {zoo_file.parent / entry.file} (sha256 {entry.sha256[:12]}...), clean {_percent(metrics['clean_acc'])}% "
-        f"and PGD-10 {_percent(metrics['pgd10_acc'])}% on {metrics['n_examples']}, "
-        f"AutoAttack {_percent(metrics['autoattack_acc'])}% on {metrics['autoattack_examples']} test images"
+        f"{name}: {zoo_file.parent / entry.file} (sha256 {entry.sha256[:12]}...), clean {_interval(metrics, 'clean_acc', 'n_examples', ' ')} "
+        f"and PGD-10 {_interval(metrics, 'pgd10_acc', 'n_examples', ' ')} % on {metrics['n_examples']}, "
+        f"AutoAttack {_interval(metrics, 'autoattack_acc', 'autoattack_examples', ' ')} % (95% Wilson intervals) on {metrics['autoattack_examples']} test images"
     )
 
 
