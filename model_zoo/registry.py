@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 from model_zoo.ads import ADS_CHOICES
@@ -38,7 +39,33 @@ def make_config(
     if unknown:
         raise ZooError(f"unknown model option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(fields))}")
     values = {**preset(arch, dataset), **overrides}
+    _check_mixer_options(arch, values.get("mixer_options", {}))
     return ModelConfig(arch=arch, dataset=dataset, ads=ads, attention=attention, **values)
+
+
+def _check_mixer_options(arch: str, options: Any) -> None:
+    """Refuse options the mixer does not take, before a constructor's TypeError can escape."""
+    if not isinstance(options, dict):
+        raise ZooError(f"mixer_options must be a table of option = value, got {options!r}")
+    parameters = inspect.signature(get_mixer(arch).cls.__init__).parameters
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    # d_model, d_state and ads come from the config's own fields.
+    valid = sorted(n for n, p in parameters.items() if p.kind in named and n not in ("self", "d_model", "d_state", "ads"))
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ZooError(f"{arch} has no mixer option(s) {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}")
+
+
+def family_name(config: ModelConfig) -> str:
+    """The architecture as results name it: 's4', or 's4 (released)' for a variant of it.
+
+    Mixers with variants say which through a static `variant_name(mixer_options)`; a config without
+    options (every checkpoint written before the variants existed) is the plain architecture, so
+    old rows keep their names.
+    """
+    describe = getattr(get_mixer(config.arch).cls, "variant_name", None)
+    variant = describe(config.mixer_options) if describe else ""
+    return f"{config.arch} ({variant})" if variant else config.arch
 
 
 def build_model(arch: str, dataset: str = "digits", ads: str = "none", attention: bool = False, **overrides: Any) -> SequenceClassifier:

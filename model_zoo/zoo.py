@@ -25,6 +25,7 @@ from typing import Any
 
 from model_zoo.checkpoints import CheckpointMeta, atomic_write_bytes, file_sha256, load
 from model_zoo.errors import RunError, UsageError
+from model_zoo.registry import family_name
 
 ZOO_FILE = Path(__file__).with_name("zoo.toml")
 WEIGHTS_DIR = "weights"
@@ -164,7 +165,7 @@ def _default_description(meta: CheckpointMeta) -> str:
     config = meta.config
     variant = "".join([f" + AdS ({config.ads})" if config.ads != "none" else "", " + attention" if config.attention else ""])
     method = meta.training.get("method", "unknown method")
-    return f"{config.arch}{variant}, {method} on {config.dataset}, {meta.kind or 'a'} checkpoint (epoch {meta.epoch})"
+    return f"{family_name(config)}{variant}, {method} on {config.dataset}, {meta.kind or 'a'} checkpoint (epoch {meta.epoch})"
 
 
 def format_entry(entry: ZooEntry) -> str:

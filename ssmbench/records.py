@@ -14,6 +14,7 @@ import torch
 
 from model_zoo.checkpoints import CheckpointMeta
 from model_zoo.errors import UsageError
+from model_zoo.registry import family_name
 from ssmbench import __version__
 from ssmbench.evaluate import EvalResult
 from ssmbench.leaderboard import ResultRow, utc_now
@@ -36,7 +37,7 @@ def result_row(
         time=utc_now(),
         model=model,
         dataset=config.dataset,
-        arch=config.arch,
+        arch=family_name(config),  # 's4 (released)' and 's4' are different models, so different lines
         ads=config.ads,
         attention=config.attention,
         method=method,

@@ -7,8 +7,19 @@ import torch
 
 from model_zoo import build_model
 
-LTI = ["s4", "dss", "s4d", "s5"]
 SMALL = {"d_model": 16, "d_state": 8, "n_layers": 2}
+# (arch, overrides): every LTI mixer, and S4/DSS as the seed study's released code configured them.
+LTI = [
+    pytest.param(arch, {**SMALL, **extra}, id=name)
+    for name, arch, extra in [
+        ("s4", "s4", {}),
+        ("s4-released", "s4", {"mixer_options": {"n_ssm": 1, "train_real": False}}),
+        ("dss", "dss", {}),
+        ("dss-released", "dss", {"mixer_options": {"w_init": "legs_b", "detach_max": True}}),
+        ("s4d", "s4d", {}),
+        ("s5", "s5", {}),
+    ]
+]
 
 
 def count_kernel_builds(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -25,10 +36,10 @@ def count_kernel_builds(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch)
     return calls
 
 
-@pytest.mark.parametrize("arch", LTI)
-def test_cached_eval_forward_equals_uncached_and_builds_the_kernel_once(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("arch", "small"), LTI)
+def test_cached_eval_forward_equals_uncached_and_builds_the_kernel_once(arch: str, small: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
-    model = build_model(arch, "digits", **SMALL)
+    model = build_model(arch, "digits", **small)
     images = torch.rand(4, 1, 8, 8)
     uncached = model.train()(images)  # no dropout/BN anywhere, so train and eval compute the same
     calls = count_kernel_builds(model, monkeypatch)
@@ -39,10 +50,10 @@ def test_cached_eval_forward_equals_uncached_and_builds_the_kernel_once(arch: st
     assert calls[0] == 2  # once per layer, not once per forward pass
 
 
-@pytest.mark.parametrize("arch", LTI)
-def test_input_gradients_flow_through_the_cached_kernel(arch: str) -> None:
+@pytest.mark.parametrize(("arch", "small"), LTI)
+def test_input_gradients_flow_through_the_cached_kernel(arch: str, small: dict) -> None:
     torch.manual_seed(0)
-    model = build_model(arch, "digits", **SMALL)
+    model = build_model(arch, "digits", **small)
     images = torch.rand(3, 1, 8, 8, requires_grad=True)
     model.train()(images).sum().backward()
     expected = images.grad.clone()
@@ -53,10 +64,10 @@ def test_input_gradients_flow_through_the_cached_kernel(arch: str) -> None:
     torch.testing.assert_close(images.grad, expected, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", LTI)
-def test_optimizer_step_invalidates_the_cache(arch: str) -> None:
+@pytest.mark.parametrize(("arch", "small"), LTI)
+def test_optimizer_step_invalidates_the_cache(arch: str, small: dict) -> None:
     torch.manual_seed(0)
-    model = build_model(arch, "digits", **SMALL)
+    model = build_model(arch, "digits", **small)
     images = torch.rand(4, 1, 8, 8)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     model.eval()
@@ -69,18 +80,18 @@ def test_optimizer_step_invalidates_the_cache(arch: str) -> None:
     optimizer.step()
     model.eval()
     after_cached = model(images)
-    fresh = build_model(arch, "digits", **SMALL)
+    fresh = build_model(arch, "digits", **small)
     fresh.load_state_dict(model.state_dict())
     expected = fresh.eval()(images)
     assert not torch.allclose(before, after_cached)
     torch.testing.assert_close(after_cached, expected)
 
 
-@pytest.mark.parametrize("arch", LTI)
-def test_load_state_dict_invalidates_the_cache(arch: str) -> None:
+@pytest.mark.parametrize(("arch", "small"), LTI)
+def test_load_state_dict_invalidates_the_cache(arch: str, small: dict) -> None:
     torch.manual_seed(0)
-    model = build_model(arch, "digits", **SMALL).eval()
-    other = build_model(arch, "digits", **SMALL).eval()
+    model = build_model(arch, "digits", **small).eval()
+    other = build_model(arch, "digits", **small).eval()
     images = torch.rand(4, 1, 8, 8)
     model(images)  # cache model's own kernels
     model.load_state_dict(other.state_dict())

@@ -69,6 +69,9 @@ def test_help_shows_an_example(capsys: pytest.CaptureFixture[str]) -> None:
         (["--resume", "--out", "{tmp}/none"], "no training state to resume"),
         (["--val-examples", "1437", "--out", "{tmp}/run"], "val_examples must be between 1 and 1436"),
         (["--val-examples", "-1"], "val_examples must be >= 0"),
+        (["--mixer-options", "{bad"], "--mixer-options must be a JSON table"),
+        (["--mixer-options", "[1]"], "--mixer-options must be a JSON table"),
+        (["--mixer-options", '{"n_ssm": 1}'], "s4d has no mixer option(s) n_ssm"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,7 @@ every architecture.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -68,7 +69,8 @@ class EvalCache:
     SSM's convolution kernel depends only on the weights, so recomputing it every pass is waste.
     The key holds every parameter's storage address and version counter: an optimizer step or
     `load_state_dict` (both write in place) bumps the version, `.to(device)` changes the address,
-    so a stale kernel is never served. In train mode nothing is cached and gradients flow to the
+    so a stale kernel is never served. Buffers count too: a fixed part of a kernel (S4's Re(Lambda)
+    with train_real=False) is a buffer that `load_state_dict` overwrites. In train mode nothing is cached and gradients flow to the
     parameters as usual; in eval mode the cached value is a constant (computed without autograd),
     which is what attacks need (input gradients only).
     """
@@ -81,7 +83,8 @@ class EvalCache:
         if module.training:
             self._key = self._value = None
             return compute()
-        key = (extra_key, tuple((p.data_ptr(), p._version) for p in module.parameters()))
+        tensors = itertools.chain(module.parameters(), module.buffers())
+        key = (extra_key, tuple((t.data_ptr(), t._version) for t in tensors))
         if key != self._key:
             with torch.no_grad():
                 self._value = compute()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -106,34 +106,72 @@ def nplr_bilinear_kernel(
 
 @register_mixer("s4", causal=True)
 class S4Mixer(SSMMixer):
-    """S4: DPLR SSM from HiPPO-LegS (rank 1), bilinear, Cauchy + Woodbury kernel, FFT conv + D skip."""
+    """S4: DPLR SSM from HiPPO-LegS (rank 1), bilinear, Cauchy + Woodbury kernel, FFT conv + D skip.
+
+    n_ssm and train_real are state-spaces' knobs (its `n_ssm` and `trainable={"A": ...}`, read in
+    `HippoSSKernel` / `SSKernelNPLR` of the V2.1 code that the seed study vendors). n_ssm copies of
+    (Lambda, P, B) are stored and broadcast over the d_model channels the way state-spaces repeats
+    them (channel h uses copy h % n_ssm); None keeps one copy per channel. dt, C~ and D are always
+    per channel. train_real=False keeps Re(Lambda) at its HiPPO value (a buffer) and trains only
+    Im(Lambda). The released model the study ran is n_ssm=1, train_real=False: 44,202 parameters at
+    the MNIST preset against 68,618 with the defaults.
+    """
 
     def __init__(
-        self, d_model: int, d_state: int = 64, ads: str = "none", *, dt_min: float = 1e-3, dt_max: float = 1e-1
+        self,
+        d_model: int,
+        d_state: int = 64,
+        ads: str = "none",
+        *,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        n_ssm: int | None = None,
+        train_real: bool = True,
     ) -> None:
         super().__init__(d_model, d_model, ads)
+        copies = d_model if n_ssm is None else n_ssm
+        if not isinstance(copies, int) or isinstance(copies, bool) or copies < 1 or d_model % copies:
+            raise ZooError(f"S4 n_ssm must be a positive divisor of d_model ({d_model}), got {n_ssm!r}")
+        self.n_ssm = copies
         init = legs_nplr(d_state)
         n_modes = d_state // 2
 
-        def per_channel(values: torch.Tensor) -> torch.Tensor:
-            return values.to(torch.complex64).repeat(d_model, 1)
+        def stored(values: torch.Tensor) -> torch.Tensor:
+            return values.to(torch.complex64).repeat(copies, 1)
 
         self.log_dt = nn.Parameter(log_dt_init(d_model, dt_min, dt_max))
         # Re(Lambda) = -exp(.) < 0 keeps A stable: -P P^* only moves A's numerical range left.
-        self.log_neg_lambda_real = nn.Parameter(torch.log(-per_channel(init.lam).real))
-        self.lambda_imag = nn.Parameter(per_channel(init.lam).imag.clone())
-        self.p = nn.Parameter(torch.view_as_real(per_channel(init.p)).clone())
-        self.b = nn.Parameter(torch.view_as_real(per_channel(init.b)).clone())
+        log_neg_real = torch.log(-stored(init.lam).real)
+        if train_real:
+            self.log_neg_lambda_real = nn.Parameter(log_neg_real)
+        else:
+            self.register_buffer("log_neg_lambda_real", log_neg_real)
+        self.lambda_imag = nn.Parameter(stored(init.lam).imag.clone())
+        self.p = nn.Parameter(torch.view_as_real(stored(init.p)).clone())
+        self.b = nn.Parameter(torch.view_as_real(stored(init.b)).clone())
         self.c = nn.Parameter(torch.randn(d_model, n_modes, 2) * math.sqrt(0.5))
         self.d = nn.Parameter(torch.randn(d_model))
 
+    @staticmethod
+    def variant_name(options: dict[str, Any]) -> str:
+        """'released' for the seed study's parameterization, else the non-default options, else ''."""
+        n_ssm, fixed = options.get("n_ssm"), options.get("train_real", True) is False
+        if n_ssm == 1 and fixed:
+            return "released"
+        return ", ".join([f"n_ssm={n_ssm}"] * (n_ssm is not None) + ["fixed Re"] * fixed)
+
     def nplr_system(self) -> dict[str, torch.Tensor]:
         """dt (H,) and the half-mode Lambda, P, B, C~ (H, N/2) that define the kernel."""
+        copies = self.d_model // self.n_ssm
+
+        def per_channel(values: torch.Tensor) -> torch.Tensor:
+            return values.repeat(copies, 1)  # state-spaces' '(v t)' order: channel h <- copy h % n_ssm
+
         return {
             "dt": torch.exp(self.log_dt),
-            "lam": torch.complex(-torch.exp(self.log_neg_lambda_real), self.lambda_imag),
-            "p": torch.view_as_complex(self.p),
-            "b": torch.view_as_complex(self.b),
+            "lam": per_channel(torch.complex(-torch.exp(self.log_neg_lambda_real), self.lambda_imag)),
+            "p": per_channel(torch.view_as_complex(self.p)),
+            "b": per_channel(torch.view_as_complex(self.b)),
             "c_tilde": torch.view_as_complex(self.c),
         }
 

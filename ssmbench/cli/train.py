@@ -6,7 +6,9 @@ one data-parallel job, and rank 0 alone prints (the run directory is written by 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 import typer
@@ -92,6 +94,10 @@ def train_command(
     at: str = typer.Option("pgd", "--at", help=f"Training method: {', '.join(list_methods())}."),
     ads: str = typer.Option("none", help="Adaptive Scaling: none, relu, sigmoid or tanh."),
     attention: bool = typer.Option(False, "--attention", help="Add a self-attention layer to every block."),
+    mixer_options: str = typer.Option(
+        None, "--mixer-options",
+        help='Mixer options as a JSON table, e.g. \'{"n_ssm": 1, "train_real": false}\' (S4 as the seed study released it; README: Models).',
+    ),
     dataset: str = typer.Option("digits", help="Dataset (digits needs no download)."),
     epochs: int = typer.Option(None, help="Epochs (default: the paper's, 100; 180 on cifar10/tiny-imagenet)."),
     eps: str = typer.Option("8/255", help="Linf radius for training and the PGD-10 eval, e.g. 8/255."),
@@ -143,7 +149,7 @@ def train_command(
         workers = distributed.current()
         say = console if workers.is_main else Console(quiet=True)
         seed_everything(seed)
-        model = build_model(arch, dataset, ads=ads, attention=attention).to(target)
+        model = build_model(arch, dataset, ads=ads, attention=attention, **_mixer_overrides(mixer_options)).to(target)
         out = out or Path("runs") / f"{arch}-{at}-{ads}{'-attn' if attention else ''}-{dataset}"
         distributed.on_main(check_out_dir, out, resume)
         train_data = data.load_split(dataset, "train", data_dir, download)
@@ -164,6 +170,19 @@ def train_command(
     chosen = f"{config.val_examples} held-out training images" if config.val_examples else "the test eval subset (the paper's protocol)"
     say.print(f"best = the epoch with the highest PGD-10 accuracy on {chosen}")
     say.print(f"wrote {result.best_path}, {result.last_path}, {out / 'history.parquet'}, {out / 'curves.png'}")
+
+
+def _mixer_overrides(text: str | None) -> dict[str, Any]:
+    """--mixer-options as build_model overrides; bad JSON is a usage error, not a traceback."""
+    if text is None:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--mixer-options must be a JSON table such as '{{\"n_ssm\": 1}}': {error.msg}") from None
+    if not isinstance(options, dict):
+        raise UsageError(f"--mixer-options must be a JSON table such as '{{\"n_ssm\": 1}}', got {text!r}")
+    return {"mixer_options": options}
 
 
 def register(app: typer.Typer) -> None:
