@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_origin, get_type_hints
 
 from model_zoo.errors import ZooError
+from model_zoo.limits import MAX_CONFIG_INT
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,41 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+        """The config from a file's dict, refused unless every field has its declared type.
+
+        Files are written by others: a string d_model or a float n_layers must be one line here,
+        not a TypeError deep inside a layer's constructor.
+        """
+        if not isinstance(data, dict):
+            raise ZooError(f"model config must be a table, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(fields)
         if unknown:
             raise ZooError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        missing = [name for name, f in fields.items() if name not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ZooError(f"model config lacks {', '.join(missing)}")
+        check_values(data)
         return cls(**data)
+
+
+def check_values(values: dict[str, Any]) -> None:
+    """Each given ModelConfig field has its declared type and a sane size, or a ZooError says which.
+
+    Shared by checkpoints (files from others) and study files (edited by hand), so that a dry run
+    refuses what building would fail on.
+    """
+    types = {name: get_origin(hint) or hint for name, hint in get_type_hints(ModelConfig).items()}  # dict[str, Any] -> dict
+    for name, value in values.items():
+        kind = types[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ZooError(f"model config {name} must be {kind.__name__}, got {value!r}")
+        if kind is int and not 1 <= value <= MAX_CONFIG_INT:
+            raise ZooError(f"model config {name} must be in [1, {MAX_CONFIG_INT}], got {value}")
+    for key, value in values.get("mixer_options", {}).items():
+        if isinstance(value, (dict, list)) or (isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= MAX_CONFIG_INT):
+            raise ZooError(f"model config mixer_options.{key} must be a plain value (integers in [1, {MAX_CONFIG_INT}]), got {value!r}")
 
 
 def _small(arch: str) -> dict[str, Any]:

@@ -4,6 +4,12 @@ Shipped weights live in model_zoo/weights/ (inside the package, so they work off
 fresh install); remote ones are downloaded by `fetch` into a cache dir, verified, and only
 then used. Every resolution checks the sha256 recorded in zoo.toml.
 
+zoo.toml is validated as a whole when read (valid TOML, known keys of the right types, names
+from a fixed character set), and no string from it can make a path outside the zoo's own folder
+or the download cache: a `file` is relative and must resolve inside the folder of the zoo.toml
+(the package's, or one given on the command line), a cached download is named by the validated
+entry name. Downloads stream to a temp file with a size cap and a deadline, hashed on the way.
+
 `add_entry` puts a trained checkpoint into the zoo: it copies the file into weights/ and appends a
 hand-formatted `[models.NAME]` block to zoo.toml (the standard library reads TOML but cannot write
 it), leaving the file's other entries and comments as they are.
@@ -11,13 +17,17 @@ it), leaving the file's other entries and comments as they are.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import re
+import tempfile
+import time
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +35,15 @@ from typing import Any
 
 from model_zoo.checkpoints import CheckpointMeta, atomic_write_bytes, file_sha256, load
 from model_zoo.errors import RunError, UsageError
+from model_zoo.limits import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_BYTES
 from model_zoo.registry import family_name
 
 ZOO_FILE = Path(__file__).with_name("zoo.toml")
 WEIGHTS_DIR = "weights"
 # A name is a bare TOML key and a file name at once: no quoting, no path separators.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+URL_SCHEMES = ("https", "http")
 # The training settings worth reading in `zoo list`/`show`; the checkpoint itself keeps them all.
 TRAINING_SUMMARY = ("method", "epochs", "effective_epochs", "batch_size", "lr", "weight_decay", "eps", "alpha",
                     "steps", "train_examples", "eval_examples", "seed", "augment")
@@ -57,11 +70,58 @@ def cache_dir() -> Path:
 
 
 def load_zoo(zoo_file: Path = ZOO_FILE) -> dict[str, ZooEntry]:
+    """Every entry of zoo_file, or a UsageError naming the file and the first problem in it."""
     if not zoo_file.is_file():
         return {}
-    with open(zoo_file, "rb") as handle:
-        data = tomllib.load(handle)
-    return {name: ZooEntry(name=name, **fields) for name, fields in data.get("models", {}).items()}
+    try:
+        with open(zoo_file, "rb") as handle:
+            data = tomllib.load(handle)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{zoo_file}: not valid TOML ({exc}); fix or restore the file") from None
+    except OSError as exc:
+        raise UsageError(f"{zoo_file}: cannot read the zoo file ({exc.strerror})") from None
+    models = data.get("models", {})
+    if set(data) - {"models"} or not isinstance(models, dict):
+        raise UsageError(f"{zoo_file}: a zoo file holds [models.NAME] tables only")
+    return {name: _entry(name, fields, zoo_file) for name, fields in models.items()}
+
+
+_ENTRY_TYPES = {f.name: (dict if f.name in ("config", "training", "metrics") else str) for f in dataclasses.fields(ZooEntry)}
+
+
+def _entry(name: str, fields: object, zoo_file: Path) -> ZooEntry:
+    """One validated entry: a safe name, known keys of the right types, a sha256, a safe file or url."""
+    where = f"{zoo_file}: [models.{name}]"
+    if not NAME_PATTERN.match(name):
+        raise UsageError(f"{zoo_file}: zoo name {name!r} may only use letters, digits, '-' and '_'")
+    if not isinstance(fields, dict):
+        raise UsageError(f"{where} must be a table")
+    allowed = set(_ENTRY_TYPES) - {"name"}  # the name is the table's key
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
+    wrong = [key for key, value in fields.items() if not isinstance(value, _ENTRY_TYPES[key])]
+    if wrong:
+        raise UsageError(f"{where}: {wrong[0]} must be a {_ENTRY_TYPES[wrong[0]].__name__}")
+    entry = ZooEntry(name=name, **fields)
+    if not SHA256_PATTERN.match(entry.sha256):
+        raise UsageError(f"{where}: sha256 must be 64 lowercase hex digits")
+    if bool(entry.file) == bool(entry.url):
+        raise UsageError(f"{where}: give exactly one of file (shipped) and url (downloaded)")
+    if entry.file:
+        _shipped_path(entry, zoo_file)
+    elif urllib.parse.urlsplit(entry.url).scheme not in URL_SCHEMES:
+        raise UsageError(f"{where}: url must start with {' or '.join(s + '://' for s in URL_SCHEMES)}, got {entry.url!r}")
+    return entry
+
+
+def _shipped_path(entry: ZooEntry, zoo_file: Path) -> Path:
+    """entry.file inside the zoo file's folder (links resolved), or a UsageError: no absolute path, no '..' out."""
+    root = Path(os.path.realpath(zoo_file.parent))
+    path = Path(os.path.realpath(root / entry.file))
+    if Path(entry.file).is_absolute() or not path.is_relative_to(root):
+        raise UsageError(f"{zoo_file}: [models.{entry.name}] file {entry.file!r} is outside {root}; shipped weights live beside zoo.toml")
+    return path
 
 
 def get_entry(name: str, zoo_file: Path = ZOO_FILE) -> ZooEntry:
@@ -75,8 +135,8 @@ def get_entry(name: str, zoo_file: Path = ZOO_FILE) -> ZooEntry:
 def local_path(entry: ZooEntry, zoo_file: Path = ZOO_FILE) -> Path:
     """The shipped file, or the cached download, whichever the entry uses."""
     if entry.file:
-        return zoo_file.parent / entry.file
-    return cache_dir() / f"{entry.name}.safetensors"
+        return _shipped_path(entry, zoo_file)
+    return cache_dir() / f"{entry.name}.safetensors"  # the name is validated: no separators
 
 
 def resolve(name: str, zoo_file: Path = ZOO_FILE) -> Path:
@@ -91,24 +151,53 @@ def resolve(name: str, zoo_file: Path = ZOO_FILE) -> Path:
     return path
 
 
-def fetch(name: str, zoo_file: Path = ZOO_FILE, timeout: float = 60.0) -> Path:
-    """Download a remote entry, verify its sha256 before it is used, write it atomically."""
+def fetch(name: str, zoo_file: Path = ZOO_FILE, timeout: float = 60.0, max_bytes: int = MAX_DOWNLOAD_BYTES,
+          deadline_s: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """Download a remote entry, verify its sha256 before it is used, write it atomically.
+
+    The body streams to a temp file in the cache, hashed on the way; more than max_bytes (by the
+    declared length or by what arrives) or more than deadline_s in all is given up, so a hostile
+    server cannot fill the disk or hold the command forever. `timeout` bounds each network wait.
+    """
     entry = get_entry(name, zoo_file)
     if entry.file:
         return resolve(name, zoo_file)
-    if not entry.url:
-        raise UsageError(f"zoo model {name} has neither a file nor a url in {zoo_file}")
-    try:
-        with urllib.request.urlopen(entry.url, timeout=timeout) as response:
-            data = response.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise RunError(f"could not download {entry.url} ({exc}); put the file at {local_path(entry, zoo_file)} by hand") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != entry.sha256:
-        raise RunError(f"download of {name} has sha256 {actual[:12]}..., zoo.toml says {entry.sha256[:12]}...; not saved")
     path = local_path(entry, zoo_file)
-    atomic_write_bytes(path, data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            actual = _download(entry.url, out, timeout, max_bytes, deadline_s, path)
+        if actual != entry.sha256:
+            raise RunError(f"download of {name} has sha256 {actual[:12]}..., zoo.toml says {entry.sha256[:12]}...; not saved")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _download(url: str, out: Any, timeout: float, max_bytes: int, deadline_s: float, target: Path) -> str:
+    """Stream url into `out` within the limits; returns the body's sha256."""
+    digest, size, start = hashlib.sha256(), 0, time.monotonic()
+    by_hand = f"put the file at {target} by hand"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise RunError(f"{url} is {int(declared):,} bytes, more than the {max_bytes:,} a checkpoint may be; not downloaded")
+            while chunk := response.read(1 << 20):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise RunError(f"{url} sent more than {max_bytes:,} bytes, more than a checkpoint may be; stopped")
+                if time.monotonic() - start > deadline_s:
+                    raise RunError(f"{url} took more than {deadline_s:g} s; stopped ({by_hand})")
+                digest.update(chunk)
+                out.write(chunk)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise RunError(f"could not download {url} ({exc}); {by_hand}") from None
+    return digest.hexdigest()
 
 
 # -- adding entries ---------------------------------------------------------------------------------

@@ -9,7 +9,13 @@ that the published markdown, `ssmbench leaderboard show` and the exports are der
   `flock` on a sidecar lock file, so two evaluations finishing together both land;
 - the schema is versioned in the Parquet metadata, and each older version has a migration, so a
   file written by an older ssmbench still reads; a file that is not ours is refused, never
-  overwritten.
+  overwritten;
+- the rows are sealed: every write stores a sha256 over a canonical serialization of the rows in
+  the file's key-value metadata and writes Parquet page checksums, and every read verifies both, so
+  a flipped byte is refused with the path and the reason instead of becoming a silently different
+  result that the next append writes back as fact (files written before the seal still read);
+- a symlinked leaderboard is locked and replaced at the file it points to, keeping its mode, so a
+  shared file stays shared; rows of an existing file are validated before anything is appended.
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ import contextlib
 import csv
 import dataclasses
 import fcntl
+import hashlib
 import io
 import json
 import math
 import os
+import re
+import stat
 import tempfile
 from base64 import b64encode
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model_zoo.ads import ADS_CHOICES
-from model_zoo.errors import UsageError
+from model_zoo.errors import RunError, UsageError
 from ssmbench.leaderboard_render import render_markdown, robustbench_entries
 from ssmbench.outcomes import PerExample, first_n
 
@@ -47,6 +56,7 @@ __all__ = [
     "LeaderboardError",
     "ResultRow",
     "append",
+    "append_or_keep",
     "export",
     "markdown_is_fresh",
     "publish",
@@ -61,6 +71,8 @@ DEFAULT_MARKDOWN = Path("leaderboards/README.md")
 
 SCHEMA_VERSION = 2
 _VERSION_KEY = b"ssmbench.schema_version"
+_ROWS_SHA256_KEY = b"ssmbench.rows_sha256"
+NEW_FILE_MODE = 0o644  # results are meant to be shared; an existing file keeps its own mode
 CHECKPOINT_KINDS = ("best", "last", "")
 SELECTIONS = ("val", "test")  # how "best" was chosen: on held-out training images, or on the test set
 CHECKED, FLAGGED, NOT_CHECKED = "passed", "flagged", "not checked"
@@ -290,9 +302,39 @@ def _schema_version(metadata: dict[bytes, bytes] | None, path: Path) -> int:
     # Files written before versioning carry no key; they are version 0.
     raw = (metadata or {}).get(_VERSION_KEY, b"0")
     try:
-        return int(raw)
+        version = int(raw)
     except ValueError:
         raise LeaderboardError(f"{path}: unreadable schema version {raw!r}") from None
+    if version < 0:
+        raise LeaderboardError(f"{path}: schema version {version} is not one ssmbench writes (0 to {SCHEMA_VERSION})")
+    return version
+
+
+def rows_sha256(table: pa.Table, version: bytes) -> str:
+    """sha256 over the schema version, the column names and every row's values as JSON, in file order.
+
+    Computed from decoded values rather than bytes, so it does not depend on how Parquet encoded
+    them and any change that reading would show (a value, a row, a column name, the version that
+    decides the migrations) changes it.
+    """
+    digest = hashlib.sha256(version + b"\n" + json.dumps(table.column_names).encode())
+    for record in table.to_pylist():
+        digest.update(json.dumps([record[name] for name in table.column_names], default=_json_value).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _json_value(value: object) -> str:
+    """Bytes (the packed per-example outcomes) as hex; anything else JSON lacks (a date a foreign
+    writer used) as its repr, which no table we wrote produces, so such a file fails the seal."""
+    return value.hex() if isinstance(value, bytes) else repr(value)
+
+
+def _check_seal(table: pa.Table, metadata: dict[bytes, bytes] | None, path: Path) -> None:
+    """Refuse a sealed table whose rows differ from the seal; an unsealed (older) file passes."""
+    sealed = (metadata or {}).get(_ROWS_SHA256_KEY)
+    if sealed is not None and sealed.decode("ascii", "replace") != rows_sha256(table, (metadata or {}).get(_VERSION_KEY, b"")):
+        raise LeaderboardError(f"{path}: the rows do not match the file's sha256 seal (changed or damaged after "
+                               "writing); it was left as it is: restore it from a copy")
 
 
 def _conform(table: pa.Table, version: int, path: Path) -> pa.Table:
@@ -307,6 +349,10 @@ def _conform(table: pa.Table, version: int, path: Path) -> pa.Table:
             table = MIGRATIONS[step](table)
     except KeyError as exc:  # a migration needs a column that a foreign file does not have
         raise LeaderboardError(f"{path}: not an ssmbench results file (no column {exc})") from None
+    except pa.ArrowException as exc:
+        raise LeaderboardError(f"{path}: its columns do not fit its schema version {version} ({exc})") from None
+    if len(set(table.column_names)) != len(table.column_names):
+        raise LeaderboardError(f"{path}: columns named twice; not a results file ssmbench wrote (version {version})")
     missing = [name for name in SCHEMA.names if name not in table.column_names]
     if missing:
         raise LeaderboardError(f"{path}: not an ssmbench results file (missing columns {', '.join(missing)})")
@@ -324,11 +370,19 @@ def _read_table(path: Path) -> pa.Table:
     if not path.is_file():
         raise LeaderboardError(f"{path}: no results file here; `ssmbench eval` appends to it")
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(path, page_checksum_verification=True)
         table = parquet.read()
-    except (pa.ArrowException, OSError) as exc:
-        raise LeaderboardError(f"{path}: not a readable Parquet file ({exc}); it was left as it is") from None
-    return _conform(table, _schema_version(parquet.schema_arrow.metadata, path), path)
+        metadata = parquet.schema_arrow.metadata
+    except (pa.ArrowException, OSError, ValueError, IndexError) as exc:  # incl. a page checksum mismatch
+        reason = " ".join(str(exc).split())[:300]
+        raise LeaderboardError(f"{path}: not a readable Parquet file ({reason}); it was left as it is") from None
+    try:
+        _check_seal(table, metadata, path)
+        conformed = _conform(table, _schema_version(metadata, path), path)
+        conformed.to_pylist()  # decodes every value once: invalid UTF-8 in a string column is refused here
+    except (UnicodeDecodeError, pa.ArrowException) as exc:
+        raise LeaderboardError(f"{path}: undecodable values ({' '.join(str(exc).split())[:200]}); it was left as it is") from None
+    return conformed
 
 
 def _to_table(rows: Sequence[ResultRow]) -> pa.Table:
@@ -348,9 +402,17 @@ def _to_rows(table: pa.Table, path: Path) -> list[ResultRow]:
         try:
             record["per_attack"] = json.loads(record["per_attack"])
             rows.append(ResultRow(**record))
-        except (ValueError, AttributeError) as exc:  # bad JSON, a non-object, or a row out of range
+        except (ValueError, AttributeError, TypeError) as exc:  # bad JSON, a non-object, or a row out of range
             raise LeaderboardError(f"{path}: row {record['run_id']!r}: {exc}") from None
     return rows
+
+
+def _write_sealed(path: Path, rows: Sequence[ResultRow]) -> None:
+    """Write rows as a sealed table: the rows' sha256 in the metadata, page checksums on every page."""
+    table = _to_table(rows)
+    metadata = table.schema.metadata or {}
+    table = table.replace_schema_metadata({**metadata, _ROWS_SHA256_KEY: rows_sha256(table, metadata[_VERSION_KEY]).encode()})
+    _write_atomic(path, lambda f: pq.write_table(table, f, write_page_checksum=True))
 
 
 # -- reading and appending ----------------------------------------------------------------------
@@ -380,18 +442,44 @@ def query(
 def append(path: str | os.PathLike[str], rows: Sequence[ResultRow]) -> None:
     """Add rows to the results file, creating it (and its folders) on first use.
 
-    Atomic and safe when several processes append at once; a corrupt existing file is refused
-    (LeaderboardError) and left untouched rather than replaced by the new rows alone.
+    Atomic and safe when several processes append at once; a corrupt existing file, or one with an
+    invalid row, is refused (LeaderboardError) and left untouched rather than replaced by the new
+    rows alone. A symlink is followed first, so the lock and the replacement are the shared file's.
+    An unwritable place is an OSError; `append_or_keep` turns it into kept rows.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     if not rows:
         return
-    new = _to_table(rows)
+    _to_table(rows)  # a row that cannot be stored fails before the lock is taken
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         _remove_stale_temps(path)
-        table = pa.concat_tables([_read_table(path), new]) if path.exists() else new
-        _write_atomic(path, lambda f: pq.write_table(table, f))
+        old = _to_rows(_read_table(path), path) if path.exists() else []
+        _write_sealed(path, [*old, *rows])
+
+
+def append_or_keep(path: str | os.PathLike[str], rows: Sequence[ResultRow], keep_dir: Path) -> None:
+    """Append, or, when the leaderboard cannot take the rows, keep them and say where (RunError).
+
+    An evaluation can take hours; a read-only folder, a full disk or a refused (damaged) results
+    file must not throw it away. The rows go to a results file of their own in `keep_dir` (the
+    run's folder), or in the temp folder when that is not writable either.
+    """
+    try:
+        append(path, rows)
+        return
+    except (OSError, LeaderboardError) as exc:
+        reason = " ".join(str(exc).split())  # an OSError names the path and errno: "[Errno 28] No space left..."
+    name = f"unrecorded-{rows[0].run_id}.parquet"
+    for folder in (keep_dir, Path(tempfile.gettempdir())):
+        kept = folder / name
+        try:
+            append(kept, rows)
+        except (OSError, LeaderboardError):
+            continue
+        raise RunError(f"could not record the results in {path} ({reason}); the {len(rows)} row(s) were saved to {kept}, "
+                       "a results file of their own")
+    raise RunError(f"could not record the results in {path} ({reason}) nor save them in {keep_dir} or the temp folder")
 
 
 @contextlib.contextmanager
@@ -420,7 +508,13 @@ def _remove_stale_temps(path: Path) -> None:
 
 
 def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through `write` into a temp file beside `path`, then swap it in with os.replace."""
+    """Write through `write` into a temp file beside `path`, then swap it in with os.replace.
+
+    A symlink is followed, so the file it points to is replaced rather than the link; the new file
+    gets the old one's mode (mkstemp's 0600 would lock others out of a shared file).
+    """
+    path = Path(os.path.realpath(path))
+    mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else NEW_FILE_MODE
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     tmp = Path(tmp_name)
     try:
@@ -428,6 +522,7 @@ def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -491,13 +586,29 @@ def export(rows: Sequence[ResultRow], fmt: str, out: str | os.PathLike[str]) -> 
             raise LeaderboardError("no AutoAttack results to export; RobustBench ranks models by AutoAttack")
         written = []
         for relative, entry in entries.items():
-            target = out / relative
+            target = _inside(out, relative)
             target.parent.mkdir(parents=True, exist_ok=True)
             text = json.dumps(entry, indent=2) + "\n"
             _write_atomic(target, lambda f, text=text: f.write(text.encode()))
             written.append(target)
         return written
     raise LeaderboardError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+
+
+# One file name part: what a dataset, threat model or model name may be once it becomes a path.
+_PATH_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _inside(out: Path, relative: str) -> Path:
+    """out/<dataset>/<threat model>/<name>.json, refused unless each part is one plain name (rows are
+    data, not paths to write to)."""
+    parts = relative.split("/")
+    bad = [part for part in parts if not _PATH_PART.match(part) or part in (".", "..")]
+    if bad or len(parts) != 3:
+        bad = bad or ["/".join(parts[:-2])]
+        raise LeaderboardError(f"cannot export {relative!r}: {bad[0]!r} is not a plain name (letters, digits, '.', "
+                               "'-', '_'); the row's dataset or threat model would make a path outside --out")
+    return out.joinpath(*parts)
 
 
 def _csv_text(rows: Sequence[ResultRow]) -> str:

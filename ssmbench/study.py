@@ -64,8 +64,9 @@ import torch
 from model_zoo import build_model, make_config
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.checkpoints import CheckpointMeta, atomic_write_bytes, file_sha256, load, read_meta
-from model_zoo.config import ModelConfig
+from model_zoo.config import ModelConfig, check_values
 from model_zoo.errors import RunError, UsageError, ZooError
+from model_zoo.limits import SEED_RANGE
 from model_zoo.layers import MIXERS
 from model_zoo.training import TrainConfig, TrainObserver, list_methods, read_history, seed_everything, train
 from model_zoo.training.trainer import BEST, LAST, STATE
@@ -73,7 +74,7 @@ from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, get_suite_spec
 from ssmbench.checks import CheckConfig
 from ssmbench.evaluate import EvalResult, evaluate
-from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append, read
+from ssmbench.leaderboard import DEFAULT_RESULTS, LeaderboardError, ResultRow, append_or_keep, read
 from ssmbench.leaderboard_render import PREAMBLE, render_markdown
 from ssmbench.records import result_row
 
@@ -178,9 +179,9 @@ class StudyConfig:
             if value not in choices:
                 raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(
-            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in self.seeds
+            isinstance(seed, int) and not isinstance(seed, bool) and SEED_RANGE[0] <= seed <= SEED_RANGE[1] for seed in self.seeds
         ):
-            raise UsageError(f"seeds must list distinct integers >= 0, e.g. [0, 1, 2]; got {list(self.seeds)}")
+            raise UsageError(f"seeds must list distinct integers in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], e.g. [0, 1, 2]; got {list(self.seeds)}")
         for option, value in (("aa_examples", self.aa_examples), ("eval_batch_size", self.eval_batch_size)):
             if value < 1:
                 raise UsageError(f"{option} must be >= 1, got {value}")
@@ -223,6 +224,10 @@ def _check_overrides(table: str, overrides: dict[str, Any]) -> None:
     bad = sorted(set(overrides) - known)
     if bad:
         raise UsageError(f"{table} may set {', '.join(sorted(known))} (or hold [study.model.ARCH] tables); not {', '.join(bad)}")
+    try:
+        check_values(overrides)
+    except ZooError as exc:
+        raise UsageError(f"{table}: {exc}") from None
 
 
 # -- reading a study file ---------------------------------------------------------------------------
@@ -290,7 +295,7 @@ def _number(value: object, name: str) -> float:
     """8/255 written as a string, or a plain number."""
     try:
         return float(Fraction(value)) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
-    except (ValueError, ZeroDivisionError, TypeError):
+    except (ValueError, ZeroDivisionError, TypeError, OverflowError):
         raise UsageError(f"{name} must be a number or a fraction like \"8/255\", got {value!r}") from None
 
 
@@ -600,9 +605,12 @@ def _run_id(config: StudyConfig, cell: Cell, hashes: list[str]) -> str:
 
 def _record(leaderboard: Path, rows: list[ResultRow]) -> None:
     """Append unless a run killed between its append and its marker already recorded these rows."""
-    if leaderboard.is_file() and any(row.run_id == rows[0].run_id for row in read(leaderboard)):
-        return
-    append(leaderboard, rows)
+    try:
+        if leaderboard.is_file() and any(row.run_id == rows[0].run_id for row in read(leaderboard)):
+            return
+    except LeaderboardError:
+        pass  # a refused file: append_or_keep keeps the rows and says so
+    append_or_keep(leaderboard, rows, Path(rows[0].model).parent)  # unwritable: kept in the cell's folder, the cell fails
 
 
 # -- the study's table ------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def _die_mid_write(path: str) -> None:
     """Append, but SIGKILL this process after half of the new file reached the disk."""
     real_write = pq.write_table
 
-    def half_then_die(table: pa.Table, where: io.BufferedWriter) -> None:
+    def half_then_die(table: pa.Table, where: io.BufferedWriter, **options: object) -> None:
         buffer = io.BytesIO()
         real_write(table, buffer)
         where.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
@@ -169,7 +169,7 @@ def test_append_failing_after_temp_write_keeps_old_file_and_no_temp(tmp_path: Pa
     lb.append(path, [make_row("kept")])
     before = path.read_bytes()
 
-    def partial_then_fail(table: pa.Table, where: io.BufferedWriter) -> None:
+    def partial_then_fail(table: pa.Table, where: io.BufferedWriter, **options: object) -> None:
         where.write(b"PAR1 half a file")
         raise OSError("No space left on device")
 

@@ -65,7 +65,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def zoo_file(tmp_path: Path) -> Path:
     path = tmp_path / "zoo" / "zoo.toml"
     path.parent.mkdir()
-    path.write_text("# Named checkpoints.\n# A comment that must survive.\n\n[models.kept]\nurl = \"https://example.org/k.safetensors\"\nsha256 = \"00\"\n")
+    path.write_text("# Named checkpoints.\n# A comment that must survive.\n\n[models.kept]\nurl = \"https://example.org/k.safetensors\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n")
     return path
 
 

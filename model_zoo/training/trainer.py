@@ -64,6 +64,7 @@ from safetensors.torch import save as safetensors_bytes
 from model_zoo import checkpoints
 from model_zoo.classifier import SequenceClassifier
 from model_zoo.errors import RunError, UsageError
+from model_zoo.limits import MAX_EPS, MAX_LR, SEED_RANGE
 from model_zoo.training import distributed
 from model_zoo.training.distributed import DataParallel, Workers
 from model_zoo.training.history import EpochRecord, plot_curves, write_history
@@ -135,6 +136,7 @@ class TrainConfig:
         for name, value in optional_positive.items():
             if value is not None and not value > 0:
                 raise UsageError(f"{name} must be > 0 when given, got {value}")
+        _check_bounds(self)
 
     @property
     def effective_epochs(self) -> int:
@@ -335,7 +337,13 @@ def train(
     distributed.on_main(check_out_dir, out_dir, resume)
     run = _new_run(model, config)
     if resume:
-        _load_state(out_dir / STATE, *distributed.on_main(_read_state, out_dir / STATE), model, run, config, workers)
+        try:
+            _load_state(out_dir / STATE, *distributed.on_main(_read_state, out_dir / STATE), model, run, config, workers)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            if isinstance(exc, UsageError):
+                raise
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UsageError(f"{out_dir / STATE}: a damaged or edited training state ({reason}); restart the run without --resume") from None
     else:  # epoch 0's state, before any other file: a kill from here on leaves a resumable run
         distributed.on_main(_save_state, out_dir / STATE, model, run, run.method_state, config)
     if compile_model:
@@ -377,6 +385,19 @@ def train(
         last_plot = time.monotonic() if plot else last_plot
         setup.observer.on_epoch(record, is_best)
     return TrainResult(best=run.best, last=run.history[-1], history=list(run.history), out_dir=out_dir)
+
+
+def _check_bounds(config: TrainConfig) -> None:
+    """Finite floats, radii within the image box, a learning rate that can train, a seed numpy takes."""
+    for name in ("lr", "eps", "alpha", "weight_decay", "trades_beta", "mart_beta", "grad_clip"):
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"{name} must be a finite number, got {value}")
+    for name, limit in (("eps", MAX_EPS), ("alpha", MAX_EPS), ("lr", MAX_LR)):
+        if getattr(config, name) > limit:
+            raise UsageError(f"{name} must be <= {limit:g}, got {getattr(config, name)}")
+    if not SEED_RANGE[0] <= config.seed <= SEED_RANGE[1]:
+        raise UsageError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {config.seed}")
 
 
 def check_out_dir(out_dir: str | Path, resume: bool) -> None:
@@ -604,6 +625,13 @@ def _save_state(
     checkpoints.atomic_write_bytes(path, safetensors_bytes(tensors, metadata={STATE_KEY: json.dumps(document)}))
 
 
+# The JSON type of each part of a state document; an edited state is refused before it is used.
+_STATE_TYPES: dict[str, type] = {
+    "config": dict, "model_config": dict, "history": list, "best_epoch": int, "optimizer_param_groups": list,
+    "optimizer_scalars": dict, "scheduler": dict, "numpy_rng": list, "python_rng": list, "complex": list,
+}
+
+
 def _read_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -611,8 +639,13 @@ def _read_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
         raise UsageError(f"{path}: not a readable ssmbench training state ({exc})") from None
-    if document.get("format") != STATE_FORMAT:
-        raise UsageError(f"{path}: training state format {document.get('format')} is not {STATE_FORMAT}")
+    if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
+        found = document.get("format") if isinstance(document, dict) else document
+        raise UsageError(f"{path}: training state format {found} is not {STATE_FORMAT}")
+    wrong = [key for key, kind in _STATE_TYPES.items() if not isinstance(document.get(key), kind) or isinstance(document.get(key), bool)]
+    if wrong:
+        raise UsageError(f"{path}: a damaged or edited training state ({wrong[0]} is not a {_STATE_TYPES[wrong[0]].__name__}); "
+                         "restart the run without --resume")
     for name in document["complex"]:
         tensors[name] = torch.view_as_complex(tensors[name])
     return document, tensors

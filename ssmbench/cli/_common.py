@@ -1,8 +1,15 @@
-"""Helpers shared by the command modules: the console, the progress bar and value parsers."""
+"""Helpers shared by the command modules: the console, the progress bar and value parsers.
+
+The parsers are where every number and name from the command line is checked once, so that a
+value no run could use (an eps of 1e400, a seed numpy cannot take, a device that does not exist)
+is one line and exit 2 before anything is loaded.
+"""
 
 from __future__ import annotations
 
 from fractions import Fraction
+
+import torch
 
 from rich.console import Console
 from rich.progress import (
@@ -18,6 +25,7 @@ from rich.progress import (
 from rich.text import Text
 
 from model_zoo.errors import UsageError
+from model_zoo.limits import MAX_EPS, SEED_RANGE
 
 console = Console(highlight=False)
 
@@ -47,13 +55,48 @@ def progress_bar(out: Console = console, unit: str | None = "samples", decimals:
     return Progress(*columns, console=out, transient=True, disable=disable)
 
 
-def parse_fraction(text: str, name: str = "value") -> float:
-    """'8/255' -> 0.03137..., '0.03' -> 0.03; negative or malformed values are a UsageError."""
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def parse_fraction(text: str, name: str = "value", maximum: float | None = MAX_EPS) -> float:
+    """'8/255' -> 0.03137..., '0.03' -> 0.03; negative, huge, infinite or malformed values are a UsageError."""
     try:
         value = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise UsageError(f"{name} must be a number or a fraction like 8/255, got {text!r}") from None
     if value < 0:
         raise UsageError(f"{name} must be >= 0, got {text}")
+    if maximum is not None and value > maximum:
+        raise UsageError(f"{name} must be <= {maximum:g} (images are in [0, 1]), got {text}")
     return value
 
+
+def check_seed(seed: int | None, option: str = "--seed") -> None:
+    low, high = SEED_RANGE
+    if seed is not None and not low <= seed <= high:
+        raise UsageError(f"{option} must be an integer in [{low}, {high}], got {seed}")
+
+
+def check_at_least(minimum: int, **values: int | None) -> None:
+    """Each given option (name=value, '_' for '-') must be >= minimum; None means unset."""
+    for name, value in values.items():
+        if value is not None and value < minimum:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
+def parse_device(name: str | None) -> torch.device:
+    """None or 'auto' -> cuda when available, else cpu; 'cpu', 'cuda', 'cuda:N' as given, checked."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES or (device.type == "cpu" and device.index not in (None, 0)):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: this torch build sees no CUDA device; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    return device

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from model_zoo.errors import UsageError
 from ssmbench import analysis
-from ssmbench.cli._common import console, parse_fraction
+from ssmbench.cli._common import check_at_least, check_seed, console, parse_fraction
 from ssmbench.data import load_split
 from ssmbench.loading import load_with_meta, resolve_target
 
@@ -29,12 +29,13 @@ def analyze_command(
 
     Example: ssmbench analyze runs/s4-pgd-tanh-digits/best.safetensors --n-examples 256
     """
+    check_at_least(1, n_examples=n_examples, steps=steps)
+    check_seed(seed)
+    radius = parse_fraction(eps, "--eps")
     path = Path(target)
     if path.is_dir():
         path = path / "best.safetensors"
     checkpoint = resolve_target(path if path.suffix == ".safetensors" else target)
-    if n_examples <= 0:
-        raise UsageError(f"--n-examples must be positive, got {n_examples}")
     model, meta = load_with_meta(checkpoint)
     wanted = [s.strip() for s in splits.split(",") if s.strip()]
     data = {}
@@ -42,7 +43,7 @@ def analyze_command(
         images, labels = load_split(meta.config.dataset, split, data_dir)
         data[split] = (images[:n_examples], labels[:n_examples])
     with console.status(f"PGD-{steps} on {', '.join(wanted)} and activation recording..."):
-        changes = analysis.analyze(model, data, eps=parse_fraction(eps, "--eps"), steps=steps, seed=seed)
+        changes = analysis.analyze(model, data, eps=radius, steps=steps, seed=seed)
     out_dir = out or checkpoint.parent / "analysis"
     stem = checkpoint.stem
     analysis.write_parquet(changes, out_dir / f"{stem}-components.parquet")

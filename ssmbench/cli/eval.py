@@ -24,9 +24,9 @@ from model_zoo.training import distributed
 from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES, get_suite_spec
 from ssmbench.checks import FLAGS, CheckConfig
-from ssmbench.cli._common import console, parse_fraction, progress_bar
+from ssmbench.cli._common import check_seed, console, parse_device, parse_fraction, progress_bar
 from ssmbench.evaluate import EvalResult, default_device, evaluate
-from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append
+from ssmbench.leaderboard import DEFAULT_RESULTS, ResultRow, append_or_keep
 from ssmbench.leaderboard_render import with_interval
 from ssmbench.loading import load_with_meta, resolve_target
 from ssmbench.records import result_row
@@ -153,8 +153,8 @@ def eval_command(
     for option, value in (("--n-examples", n_examples), ("--batch-size", batch_size), ("--check-examples", check_examples)):
         if value is not None and value < 1:
             raise UsageError(f"{option} must be >= 1, got {value}")
-    if device is not None and device.split(":")[0] not in ("cpu", "cuda"):
-        raise UsageError(f"--device must be cpu or cuda, got {device!r}")
+    check_seed(seed)
+    device = None if device is None else str(parse_device(device))
     options = _Options(suite, radius, batch_size, device, backend, seed, version, CheckConfig(n_examples=check_examples) if checks else None, state_dir, compile_model)
     run_id = uuid.uuid4().hex[:12]
     evaluated: list[_Evaluated] = []
@@ -169,8 +169,16 @@ def eval_command(
             return
     _render(target, evaluated)
     if not no_leaderboard:
-        append(leaderboard, rows)
+        append_or_keep(leaderboard, rows, _keep_dir(target, evaluated))
         console.print(f"appended {len(rows)} row(s) to {leaderboard} (run {run_id})")
+
+
+def _keep_dir(target: str, evaluated: list[_Evaluated]) -> Path:
+    """Where rows that the leaderboard cannot take are kept: the run directory or the checkpoint's
+    folder; for a zoo name (its folder is the package's) the current directory."""
+    if Path(target).is_dir():
+        return Path(target)
+    return evaluated[0].path.parent if Path(target).exists() else Path.cwd()
 
 
 @dataclass(frozen=True)

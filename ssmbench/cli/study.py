@@ -17,7 +17,7 @@ from rich.table import Table
 from model_zoo.checkpoints import atomic_write_bytes
 from model_zoo.errors import RunError, UsageError
 from model_zoo.training import EpochRecord
-from ssmbench.cli._common import console, parse_fraction, progress_bar
+from ssmbench.cli._common import console, parse_device, parse_fraction, progress_bar
 from ssmbench.leaderboard import DEFAULT_RESULTS
 from ssmbench.study import (
     DONE,
@@ -192,8 +192,7 @@ def study_command(
 
     Example: ssmbench study --dataset digits --models s4,dss --at st,pgd --ads none,tanh --epochs 5 --aa-examples 64
     """
-    if device is not None and device.split(":")[0] not in ("cpu", "cuda"):
-        raise UsageError(f"--device must be cpu or cuda, got {device!r}")
+    device = None if device is None else str(parse_device(device))
     grid = {"models": _split(models), "at": _split(at), "ads": _split(ads), "attention": attention}
     settings = {
         "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_examples": train_examples,

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -21,7 +20,7 @@ from model_zoo.errors import UsageError
 from model_zoo.training import EpochRecord, check_out_dir, TrainConfig, TrainObserver, distributed, list_methods, seed_everything, train
 from model_zoo.training.trainer import PRECISIONS, resolve_precision
 from ssmbench import data
-from ssmbench.cli._common import console, parse_fraction, progress_bar
+from ssmbench.cli._common import console, parse_device, parse_fraction, progress_bar
 
 # The paper trained 100 epochs on MNIST-like data and 180 on CIFAR-10 / Tiny-ImageNet.
 PAPER_EPOCHS = {"cifar10": 180, "tiny-imagenet": 180}
@@ -63,18 +62,6 @@ def _choose(value: str, choices: list[str], option: str) -> str:
     if value not in choices:
         raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
     return value
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: this torch build sees no CUDA device; use cpu")
-    return device
 
 
 def _summary(best: EpochRecord, last: EpochRecord) -> Table:
@@ -135,6 +122,9 @@ def train_command(
     Example: ssmbench train s4d --at pgd --ads tanh --dataset digits --epochs 20
     """
     _choose(at, list_methods(), "--at")
+    out = out or Path("runs") / f"{arch}-{at}-{ads}{'-attn' if attention else ''}-{dataset}"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; a run directory is a folder (checked before training)")
     _choose(precision, list(PRECISIONS), "--precision")
     info = data.get_dataset(_choose(dataset, data.list_datasets(), "--dataset"))
     config = TrainConfig(
@@ -144,13 +134,12 @@ def train_command(
         freeat_m=freeat_m, freeat_full_epochs=freeat_full_epochs, yopo_m=yopo_m, yopo_n=yopo_n,
         eval_examples=eval_examples, train_examples=train_examples, val_examples=val_examples, seed=seed, grad_clip=grad_clip, precision=precision,
     )
-    with distributed.process_group(_device(device)) as target:
+    with distributed.process_group(parse_device(device)) as target:
         resolve_precision(precision, target)  # refuse bf16 on a CPU before loading anything
         workers = distributed.current()
         say = console if workers.is_main else Console(quiet=True)
         seed_everything(seed)
         model = build_model(arch, dataset, ads=ads, attention=attention, **_mixer_overrides(mixer_options)).to(target)
-        out = out or Path("runs") / f"{arch}-{at}-{ads}{'-attn' if attention else ''}-{dataset}"
         distributed.on_main(check_out_dir, out, resume)
         train_data = data.load_split(dataset, "train", data_dir, download)
         test_data = data.load_split(dataset, "test", data_dir, download)

@@ -9,16 +9,16 @@ import typer
 from rich import box
 from rich.table import Table
 
-from model_zoo import build_from_config, zoo
+from model_zoo import zoo
 from model_zoo.ads import ADS_CHOICES
-from model_zoo.checkpoints import file_sha256, load, read_meta
+from model_zoo.checkpoints import file_sha256, load, read_meta, stored_values
 from model_zoo.config import PRESETS
 from model_zoo.errors import RunError, UsageError
 from model_zoo.layers import MIXERS
 from ssmbench import data
 from ssmbench.attacks import BACKENDS
 from ssmbench.checks import FLAGS, CheckConfig
-from ssmbench.cli._common import console, parse_fraction, progress_bar
+from ssmbench.cli._common import console, parse_device, parse_fraction, progress_bar
 from ssmbench.evaluate import EvalResult, evaluate
 from ssmbench.leaderboard import read
 from ssmbench.leaderboard_render import METHOD_NAMES, with_interval
@@ -87,9 +87,8 @@ def show_command(target: str = typer.Argument(..., help="A .safetensors checkpoi
     Example: ssmbench zoo show runs/s4-pgd-tanh/best.safetensors
     """
     path = resolve_target(target)
-    meta, raw = read_meta(path)
-    model = build_from_config(meta.config)
-    params = sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
+    _, raw = read_meta(path)  # checks every claim against the tensor header; builds nothing
+    params = stored_values(path)
     table = Table(title=str(path), title_justify="left", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
@@ -172,13 +171,15 @@ def add_command(
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if aa_examples < 1 or batch_size < 1:
         raise UsageError(f"--aa-examples and --batch-size must be >= 1, got {aa_examples} and {batch_size}")
+    radius = parse_fraction(eps, "--eps")
+    device = None if device is None else str(parse_device(device))
     if not checkpoint.is_file():
         raise UsageError(f"{checkpoint}: no such checkpoint file")
     if from_leaderboard is not None:
         found = newest_rows(read(from_leaderboard), file_sha256(checkpoint), ZOO_SUITES)
         metrics = zoo_metrics(found["pgd10"], found["autoattack"])
     else:
-        measured = _measure(checkpoint, parse_fraction(eps, "--eps"), aa_examples, backend, batch_size, device, data_dir, checks)
+        measured = _measure(checkpoint, radius, aa_examples, backend, batch_size, device, data_dir, checks)
         metrics = zoo_metrics(measured["pgd10"], measured["autoattack"])
         for flag in dict.fromkeys(f for result in measured.values() for f in result.flags):
             console.print(f"[yellow]flag {flag}[/yellow]: {FLAGS.get(flag, 'reported by the AutoAttack code itself')}")

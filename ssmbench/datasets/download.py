@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 import urllib.request
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
+from model_zoo.limits import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_BYTES
 from ssmbench import __version__
 from ssmbench.datasets import DataError
 
@@ -47,11 +49,17 @@ def verify(path: Path, md5: str) -> None:
 
 
 def _stream(url: str, handle: int) -> str:
-    """Copy `url` into the open file `handle` and return the md5 of what was written."""
-    digest = hashlib.md5(usedforsecurity=False)
+    """Copy `url` into the open file `handle` and return the md5 of what was written.
+
+    Capped in size and in total time, so a wrong or hostile mirror cannot fill the disk or hang.
+    """
+    digest, size, start = hashlib.md5(usedforsecurity=False), 0, time.monotonic()
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     with os.fdopen(handle, "wb") as out, urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
         while chunk := response.read(_CHUNK):
+            size += len(chunk)
+            if size > MAX_DOWNLOAD_BYTES or time.monotonic() - start > DOWNLOAD_TIMEOUT_S:
+                raise DataError(f"{url}: more than {MAX_DOWNLOAD_BYTES:,} bytes or {DOWNLOAD_TIMEOUT_S:g} s; stopped")
             digest.update(chunk)
             out.write(chunk)
     return digest.hexdigest()
