@@ -15,6 +15,11 @@ Flags (codes as stored in the leaderboard):
   attack missed.
 - `pgd-steps-no-gain`: 100 PGD steps (with CE and with the margin loss) do no better than
   PGD-10 although other attacks prove that PGD-10 left breakable examples standing.
+- `margin-attack-beats-pgd10`: a 100-step attack on the margin (CW) loss breaks more examples
+  than PGD-10 (CE) does, by more than `margin_max_gain` and by more than chance explains (an exact
+  one-sided McNemar test on the examples where the two disagree). This is how a saturated softmax
+  masks CE gradients (e.g. logits scaled by a large temperature): CE's gradient underflows to
+  zero while the margin's does not, so PGD-10 overstates robustness without stalling anywhere.
 - `unbounded-pgd-not-zero`: PGD with eps = 1 (any image in [0, 1] is reachable) leaves
   examples correctly classified.
 """
@@ -25,6 +30,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from scipy.stats import binomtest  # type: ignore[import-untyped]
 from torch import nn
 
 from model_zoo.errors import UsageError
@@ -38,6 +44,7 @@ FLAGS: dict[str, str] = {
     "random-forward": "the forward pass is random in eval mode: use AutoAttack --version rand",
     "black-box-beats-white-box": "Square (black box) fooled examples that all gradient attacks missed",
     "pgd-steps-no-gain": "PGD-100 (CE and margin) gains nothing over PGD-10 although other attacks found a gap",
+    "margin-attack-beats-pgd10": "a 100-step margin (CW) attack breaks significantly more examples than PGD-10 (CE): CE gradients are masked",
     "unbounded-pgd-not-zero": "PGD with eps = 1 does not bring accuracy to ~0",
 }
 
@@ -52,9 +59,16 @@ class CheckConfig:
     - `min_gap` / `min_gap_examples`: the gap between PGD-10 and the best other attack below which
       a PGD-100 plateau is expected (PGD-10 had already converged) and not flagged.
     - `unbounded_max_acc`: what '~0 accuracy at eps = 1' allows.
+    - `margin_max_gain` / `margin_alpha`: a 100-step margin attack is a stronger attack than
+      PGD-10 and may lower robust accuracy by up to `margin_max_gain` (a few points is normal
+      on adversarially trained models); beyond that, and with a one-sided exact McNemar p-value
+      below `margin_alpha`, PGD-10 is flagged as masked.
+
+    `n_examples`: 128 examples resolve a 10-point gap between two attacks; fewer when the
+    evaluation has fewer.
     """
 
-    n_examples: int = 64
+    n_examples: int = 128
     long_steps: int = 100
     square_queries: int = 1000
     unbounded_steps: int = 20
@@ -62,6 +76,8 @@ class CheckConfig:
     black_box_max_gain: float = 0.002
     min_gap: float = 0.03
     min_gap_examples: int = 2
+    margin_max_gain: float = 0.03
+    margin_alpha: float = 0.01
     random_repeats: int = 3
     random_tolerance: float = 1e-4
 
@@ -70,6 +86,10 @@ class CheckConfig:
             raise UsageError(
                 "checks need n_examples >= 1, long_steps > 10, unbounded_steps >= 1 and random_repeats >= 2; "
                 f"got {self.n_examples}, {self.long_steps}, {self.unbounded_steps}, {self.random_repeats}"
+            )
+        if not (0 <= self.margin_max_gain < 1 and 0 < self.margin_alpha < 1):
+            raise UsageError(
+                f"checks need 0 <= margin_max_gain < 1 and 0 < margin_alpha < 1; got {self.margin_max_gain}, {self.margin_alpha}"
             )
 
 
@@ -170,6 +190,29 @@ def check_pgd_steps(r10: torch.Tensor, r100: torch.Tensor, reference: torch.Tens
     return CheckOutcome("pgd-steps", flag, detail)
 
 
+def check_pgd_margin(r10: torch.Tensor, r_margin: torch.Tensor, config: CheckConfig) -> CheckOutcome:
+    """PGD-10 (CE) against a `long_steps` attack on the margin loss, paired on the same examples.
+
+    Only the discordant examples carry information: `gained` = robust to PGD-10 but broken by the
+    margin attack, `lost` = the reverse. If PGD-10's gradients were as useful as the margin's, the
+    difference would be attack noise and, given gained + lost, `gained` ~ Binomial(., 1/2); the
+    exact one-sided test (McNemar's) gives the chance of a gain at least this large. A gain that is
+    both improbable under that noise and larger than `margin_max_gain` means PGD-10 is masked.
+    """
+    gained = int((r10 & ~r_margin).sum())
+    lost = int((~r10 & r_margin).sum())
+    p_value = binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue if gained + lost else 1.0
+    gain = (gained - lost) / len(r10)
+    flagged = gain > config.margin_max_gain and p_value < config.margin_alpha
+    detail = (
+        f"PGD-10 {100 * r10.float().mean():.1f}%, margin PGD-{config.long_steps} {100 * r_margin.float().mean():.1f}% "
+        f"on {len(r10)} examples: {gained} broken only by the margin attack, {lost} only by PGD-10, "
+        f"one-sided exact McNemar p = {p_value:.2g} (flag needs a gain > {100 * config.margin_max_gain:g} points "
+        f"and p < {config.margin_alpha:g})"
+    )
+    return CheckOutcome("pgd-margin", "margin-attack-beats-pgd10" if flagged else None, detail)
+
+
 def run_checks(
     model: nn.Module,
     x: torch.Tensor,
@@ -196,8 +239,8 @@ def run_checks(
     r10 = _robust(PGD(settings.eps, steps=10, seed=settings.seed), model, xs, ys)
     # The long attack maximizes both CE and the margin: CE alone can stall on a plain but poorly
     # fit model (it is not masking when a margin loss on the same gradients succeeds).
-    r100 = _robust(PGD(settings.eps, steps=config.long_steps, seed=settings.seed), model, xs, ys)
-    r100 &= _robust(PGD(settings.eps, steps=config.long_steps, seed=settings.seed, loss_fn=margin_loss), model, xs, ys)
+    r_margin = _robust(PGD(settings.eps, steps=config.long_steps, seed=settings.seed, loss_fn=margin_loss), model, xs, ys)
+    r100 = r_margin & _robust(PGD(settings.eps, steps=config.long_steps, seed=settings.seed), model, xs, ys)
     if any(attack.black_box for attack in attacks):
         outcomes.append(check_black_box_in_suite(attacks, clean, robust_after, config))
         reference = suite_robust[:k]
@@ -205,6 +248,7 @@ def run_checks(
         reference, black_box = _square_on_survivors(model, xs, ys, settings, config, r10 & suite_robust[:k], r10 & r100)
         outcomes.append(black_box)
     outcomes.append(check_pgd_steps(r10, r100, reference, config))
+    outcomes.append(check_pgd_margin(r10, r_margin, config))
     return tuple(outcomes)
 
 

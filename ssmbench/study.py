@@ -3,7 +3,8 @@
     [study]
     dataset = "digits"
     epochs = 6
-    eval_examples = 360          # PGD-10 subset: per-epoch (selects best) and final
+    eval_examples = 360          # PGD-10 subset: per-epoch and final
+    val_examples = 144           # held-out training images that select best (0: the test subset does)
     aa_examples = 64             # AutoAttack on the first N test images
     seeds = [0, 1, 2]            # default [0]: every cell is trained and evaluated once per seed
     checks = false               # default true; rows of a study without checks say "not checked"
@@ -134,8 +135,9 @@ class Skipped:
 class StudyConfig:
     """Everything a study does. Defaults are the paper's; examples count from the start of a split.
 
-    eval_examples: test images for the per-epoch PGD-10 (which selects best) and for the final
-    PGD-10 evaluation (None = the whole test split). aa_examples: the first N test images for the
+    eval_examples: test images for the per-epoch PGD-10 and for the final PGD-10 evaluation
+    (None = the whole test split). val_examples: training images held out to select the best
+    checkpoint by PGD-10 (TrainConfig.val_examples); 0 selects on the test images instead. aa_examples: the first N test images for the
     AutoAttack suites (capped at the split). model: overrides of the dataset preset for every cell;
     a key that names an architecture holds overrides for that architecture only.
     """
@@ -154,6 +156,7 @@ class StudyConfig:
     grad_clip: float | None = TrainConfig.grad_clip
     train_examples: int | None = None
     eval_examples: int | None = None
+    val_examples: int = TrainConfig.val_examples
     aa_examples: int = AUTOATTACK_EXAMPLES
     aa_version: str = "standard"
     backend: str = "official"
@@ -200,7 +203,7 @@ class StudyConfig:
             method=method, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
             weight_decay=self.weight_decay, eps=self.eps, alpha=self.alpha, steps=self.steps,
             grad_clip=self.grad_clip, train_examples=self.train_examples, eval_examples=self.eval_examples,
-            seed=seed,
+            val_examples=self.val_examples, seed=seed,
         )
 
     def model_overrides(self, arch: str) -> dict[str, Any]:
@@ -633,6 +636,7 @@ def caption(config: StudyConfig) -> str:
     train_set = f"the first {config.train_examples} training images" if config.train_examples else "the whole training split"
     eval_set = f"the first {config.eval_examples} test images" if config.eval_examples else "the whole test split"
     model = f"the {config.dataset} preset" + _overrides_text(config.model)
+    selection_set = f"{config.val_examples} held-out training images (not trained on)" if config.val_examples else eval_set
     suites = []
     for suite in config.suites:
         if get_suite_spec(suite).uses_autoattack:
@@ -643,7 +647,7 @@ def caption(config: StudyConfig) -> str:
         f"Trained {_count(config.epochs, 'epoch')} (FreeAT {_count(freeat.effective_epochs, 'epoch')} x {freeat.freeat_m} replays) on {train_set}, "
         f"batch {config.batch_size}, AdamW lr {config.lr:g} (cosine), weight decay {config.weight_decay:g}, "
         f"{_count(len(config.seeds), 'seed')} ({', '.join(map(str, config.seeds))}); model: {model}. "
-        f"Best = the epoch with the highest PGD-10 accuracy on {eval_set}. Evaluated: {'; '.join(suites)}. "
+        f"Best = the epoch with the highest PGD-10 accuracy on {selection_set}. Evaluated: {'; '.join(suites)}. "
         + ("Sanity checks on every evaluation." if config.checks else "Sanity checks off (checks = false): the rows say not checked.")
     )
 

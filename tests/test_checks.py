@@ -3,6 +3,7 @@ criterion triggers exactly at its documented threshold."""
 
 from __future__ import annotations
 
+import math
 
 import pytest
 import torch
@@ -10,12 +11,13 @@ from torch import nn
 
 from model_zoo.errors import UsageError
 from ssmbench.attack_backends import AutoAttackPart
-from ssmbench.attacks import AttackSettings
+from ssmbench.attacks import PGD, AttackSettings
 from ssmbench.checks import (
     FLAGS,
     CheckConfig,
     check_black_box_in_suite,
     check_gradients,
+    check_pgd_margin,
     check_pgd_steps,
     check_randomness,
     margin_loss,
@@ -47,6 +49,19 @@ class Noisy(nn.Module):
         return self.model(x + 0.05 * torch.randn_like(x))
 
 
+class Tempered(nn.Module):
+    """Logits times a large temperature: same predictions, a softmax that saturates, so CE's input
+    gradient underflows to zero on confident examples while the margin's only scales."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * self.temperature
+
+
 class _NanGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd's signature
@@ -75,7 +90,7 @@ def underfit(trained_digits_model) -> nn.Module:
 @pytest.mark.parametrize("which", ["model", "underfit"])
 def test_a_plain_model_raises_no_flag(request, test_set, which) -> None:
     result = evaluate(request.getfixturevalue(which), *test_set, "pgd10", EPS, n_examples=128, batch_size=128)
-    assert [outcome.name for outcome in result.checks] == ["gradients", "randomness", "unbounded", "black-box", "pgd-steps"]
+    assert [outcome.name for outcome in result.checks] == ["gradients", "randomness", "unbounded", "black-box", "pgd-steps", "pgd-margin"]
     assert result.flags == ()
 
 
@@ -141,3 +156,65 @@ def test_pgd_steps_flag_needs_a_gap_and_no_gain(r10, r100, reference, flagged) -
 def test_check_config_rejects_useless_settings() -> None:
     with pytest.raises(UsageError):
         CheckConfig(long_steps=10)
+    with pytest.raises(UsageError):
+        CheckConfig(margin_alpha=0.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_temperature_300_is_flagged_by_the_margin_check_and_the_plain_model_is_not(model, test_set, seed) -> None:
+    """Scaling the logits by 300 lifts PGD-10 (CE) well above what a margin attack finds; the
+    pgd-margin check (the attacks run_checks runs, at each attack seed) must flag it and pass
+    the plain model."""
+    x, y = test_set[0][:128], test_set[1][:128]
+    config = CheckConfig()
+    pgd10 = PGD(EPS, steps=10, seed=seed)
+    margin = PGD(EPS, steps=config.long_steps, seed=seed, loss_fn=margin_loss)
+    outcomes, robust = {}, {}
+    for name, candidate in (("plain", model), ("tempered", Tempered(model, 300.0))):
+        r10 = ~pgd10(candidate, x, y).success
+        outcomes[name] = check_pgd_margin(r10, ~margin(candidate, x, y).success, config)
+        robust[name] = r10.float().mean().item()
+    assert robust["tempered"] > robust["plain"] + 0.1, "the temperature fools PGD-10"
+    assert outcomes["tempered"].flag == "margin-attack-beats-pgd10"
+    assert outcomes["plain"].flag is None
+
+
+def test_run_checks_flags_the_tempered_model_beside_the_eps1_check(model, test_set) -> None:
+    result = evaluate(Tempered(model, 300.0), *test_set, "pgd10", EPS, n_examples=128, batch_size=128)
+    outcomes = {outcome.name: outcome.flag for outcome in result.checks}
+    assert outcomes["pgd-margin"] == "margin-attack-beats-pgd10"
+    assert "margin-attack-beats-pgd10" in result.flags
+
+
+def _exact_one_sided(gained: int, lost: int) -> float:
+    """P(X >= gained) for X ~ Binomial(gained + lost, 1/2), by the closed form."""
+    n = gained + lost
+    return sum(math.comb(n, k) for k in range(gained, n + 1)) / 2**n
+
+
+@pytest.mark.parametrize(
+    ("n", "gained", "lost", "flagged"),
+    [
+        (128, 7, 0, True),  # p = 1/128 < 0.01 and a gain of 5.5 points
+        (128, 6, 0, False),  # p = 1/64: could be noise
+        (128, 12, 6, False),  # 6 net of 128 = 4.7 points, but p = 0.12
+        (128, 0, 0, False),  # the attacks agree everywhere
+        (2000, 50, 0, False),  # p tiny, but 2.5 points is what a stronger attack gains
+        (2000, 80, 10, True),  # 3.5 points, p tiny
+    ],
+)
+def test_margin_check_is_an_exact_mcnemar_test_with_a_tolerated_gain(n, gained, lost, flagged) -> None:
+    r10 = torch.zeros(n, dtype=torch.bool)
+    r_margin = torch.zeros(n, dtype=torch.bool)
+    r10[: gained + 40] = True  # 40 examples robust to both
+    r_margin[gained : gained + 40 + lost] = True
+    outcome = check_pgd_margin(r10, r_margin, CheckConfig())
+    assert (outcome.flag == "margin-attack-beats-pgd10") is flagged
+    assert outcome.flag is None or outcome.flag in FLAGS
+    expected = _exact_one_sided(gained, lost) if gained + lost else 1.0
+    assert f"p = {expected:.2g}" in outcome.detail
+    assert f"{gained} broken only by the margin attack, {lost} only by PGD-10" in outcome.detail
+
+
+def test_checks_default_to_at_least_128_examples() -> None:
+    assert CheckConfig().n_examples >= 128

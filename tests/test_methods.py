@@ -168,3 +168,85 @@ def test_yopo_first_inner_step_is_an_fgsm_step(digits: tuple[torch.Tensor, torch
     agree = torch.isclose(inputs[1], expected, atol=1e-6).float().mean().item()
     assert agree > 0.99
     assert not torch.equal(inputs[1], inputs[0])
+
+
+def test_trades_starts_unclamped_as_the_reference(digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """yaodongyu/TRADES: x_adv = x + 0.001 randn (no clamp), then per step: signed KL ascent,
+    projection onto the eps-ball, clamp to [0, 1]."""
+    x, y = digits[0][:32], digits[1][:32]
+    model = tiny_model()
+    reference = copy.deepcopy(model)
+    out = get_method("trades")(model, x, y, context(model, steps=2, trades_beta=6.0))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    start = x + 0.001 * noise
+    assert (start < 0).any(), "digits have black pixels: the reference start leaves [0, 1] there"
+    with torch.no_grad():
+        clean = F.softmax(reference(x), dim=1)
+    x_adv = start
+    for _ in range(2):
+        x_adv = x_adv.detach().requires_grad_(True)
+        kl = F.kl_div(F.log_softmax(reference(x_adv), dim=1), clean, reduction="sum")
+        (grad,) = torch.autograd.grad(kl, x_adv)
+        x_adv = x_adv.detach() + EPS / 4 * grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - EPS), x + EPS).clamp(0.0, 1.0)
+    assert torch.equal(out.x_adv, x_adv)
+
+
+def _free_at_reference(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, m: int) -> torch.Tensor:
+    """mahyarnajibi/FreeAdversarialTraining's inner loop: the gradient of the noise is taken
+    through in1 = (input + noise).clamp_(0, 1); returns the final noise."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    global_noise = torch.zeros_like(x)
+    for _ in range(m):
+        noise = global_noise.clone().requires_grad_(True)
+        in1 = x + noise
+        in1.clamp_(0, 1.0)
+        loss = F.cross_entropy(model(in1), y)
+        optimizer.zero_grad()
+        loss.backward()
+        global_noise += EPS * noise.grad.sign()
+        global_noise.clamp_(-EPS, EPS)
+        optimizer.step()
+    return global_noise
+
+
+def test_freeat_takes_the_gradient_through_the_clamp(digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = digits
+    model = tiny_model()
+    reference = copy.deepcopy(model)
+    # 8 replays: within the first few the gradient at a clamped pixel seldom changes sign, so a
+    # gradient taken after the clamp (which keeps pushing those pixels) would go unnoticed.
+    ctx = context(model, freeat_m=8)
+    get_method("freeat")(model, x, y, ctx)
+    expected = _free_at_reference(reference, x, y, 8)
+    # Pixels that the previous replay pushed out of [0, 1] get no gradient and keep their delta.
+    assert torch.allclose(ctx.state["freeat_delta"], expected)
+    assert ((x + expected < 0) | (x + expected > 1)).any()
+    for trained, expected_param in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(trained, expected_param, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["freeat", "yopo"])
+def test_single_pass_methods_take_fp32_gradients_under_autocast(name: str, digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """FreeAT's and YOPO's input gradients come from their training passes: under (here CPU
+    bfloat16) autocast those passes must stay fp32, so the run equals one without autocast."""
+    x, y = digits[0][:32], digits[1][:32]
+    runs = []
+    for autocast in (False, True):
+        model = tiny_model()
+        ctx = context(model)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = get_method(name)(model, x, y, ctx)
+        runs.append((out.x_adv, [p.detach().clone() for p in model.parameters()]))
+    (plain_x, plain_weights), (cast_x, cast_weights) = runs
+    assert torch.equal(plain_x, cast_x)
+    assert all(torch.equal(a, b) for a, b in zip(plain_weights, cast_weights))
+
+
+def test_bfloat16_autocast_changes_a_plain_pass(digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The autocast test above can fail: a pass under CPU bf16 autocast is not the fp32 pass."""
+    model = tiny_model()
+    x = digits[0][:8]
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        cast = model(x)
+    assert not torch.equal(cast.float(), model(x))

@@ -35,6 +35,15 @@ def test_train_writes_the_run_and_zoo_show_reads_it(tmp_path: Path, capsys: pyte
     assert read_history(out / "history.parquet") == history
 
 
+def test_val_examples_select_best_on_held_out_training_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "s4d", "--at", "st", *QUICK, "--val-examples", "32", "--out", str(out)]) == 0
+    assert "val clean/PGD-10 acc % on 32 held-out training images (select best)" in capsys.readouterr().out
+    meta = read_meta(out / "best.safetensors")[0]
+    assert meta.training["selection"] == "val" and meta.training["val_examples"] == 32
+    assert meta.metrics["val_pgd10_acc"] == read_history(out / "history.parquet")[0].val_adv_acc
+
+
 def test_default_run_directory_names_the_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["train", "s4d", "--at", "st", "--attention", *QUICK]) == 0
@@ -58,6 +67,8 @@ def test_help_shows_an_example(capsys: pytest.CaptureFixture[str]) -> None:
         (["--device", "gpu0"], "--device must be auto, cpu, cuda"),
         (["--dataset", "mnist", "--no-download", "--data-dir", "{tmp}"], "mnist: missing train-images-idx3-ubyte.gz"),
         (["--resume", "--out", "{tmp}/none"], "no training state to resume"),
+        (["--val-examples", "1437", "--out", "{tmp}/run"], "val_examples must be between 1 and 1436"),
+        (["--val-examples", "-1"], "val_examples must be >= 0"),
         (["--mixer-options", "{bad"], "--mixer-options must be a JSON table"),
         (["--mixer-options", "[1]"], "--mixer-options must be a JSON table"),
         (["--mixer-options", '{"n_ssm": 1}'], "s4d has no mixer option(s) n_ssm"),

@@ -1,17 +1,20 @@
-"""The trainer: PGD-AT beats standard training under attack, files and metadata, exact resume,
+"""The trainer: PGD-AT beats standard training under attack, files and metadata, exact resume
+(also after a kill between any two writes), held-out selection that never sees the test images,
 divergence stops with the last good checkpoints intact."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 import torch
 
-from model_zoo import build_model
+from model_zoo import build_model, checkpoints
 from model_zoo.checkpoints import load, read_meta
 from model_zoo.errors import RunError, UsageError
-from model_zoo.training import EpochRecord, TrainConfig, TrainObserver, read_history, seed_everything, train
+from model_zoo.training import EpochRecord, TrainConfig, TrainObserver, history, read_history, seed_everything, train, trainer
+from model_zoo.training.trainer import hold_out, indices_sha256
 from ssmbench.data import augment, load_split
 
 Data = tuple[torch.Tensor, torch.Tensor]
@@ -153,3 +156,111 @@ def test_freeat_divides_epochs_by_m_unless_asked_not_to() -> None:
 def test_config_rejects_bad_values(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         TrainConfig(**overrides)
+
+
+def test_hold_out_is_the_seeded_permutations_head_and_its_hash_is_reproducible() -> None:
+    indices = hold_out(1437, 144, seed=3)
+    expected = torch.randperm(1437, generator=torch.Generator().manual_seed(3))[:144].sort().values
+    assert torch.equal(indices, expected) and len(set(indices.tolist())) == 144
+    assert indices_sha256(indices) == hashlib.sha256(",".join(map(str, expected.tolist())).encode()).hexdigest()
+    assert not torch.equal(hold_out(1437, 144, seed=4), indices)
+    with pytest.raises(UsageError, match="val_examples must be between 1 and 1436"):
+        hold_out(1437, 1437, seed=0)
+
+
+def test_val_selection_never_touches_test_images(digits: tuple[Data, Data], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instrument the per-epoch evaluations and the training batches: the selection eval gets
+    exactly the held-out training images, training never sees them, and the best epoch follows
+    the val numbers even when the test numbers would choose another epoch."""
+    train_data, test_data = small(digits[0], 96), small(digits[1], 24)
+    config = TrainConfig(method="pgd", epochs=3, batch_size=32, eps=0.1, alpha=0.03, steps=1, val_examples=16,
+                         train_examples=48, seed=2)
+    held = hold_out(96, 16, seed=2)
+    calls: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
+    real_evaluate = trainer.evaluate_pgd10
+
+    def spy(model, x, y, eps, alpha, batch_size, seed, split="test"):  # noqa: ANN001, ANN202
+        calls[split].append(x.clone())
+        numbers = real_evaluate(model, x, y, eps, alpha, batch_size, seed, split=split)
+        epoch = len(calls[split])
+        # Test numbers fall and val numbers rise with the epoch: test selection would pick epoch 1.
+        numbers[f"{split}_adv_acc"] = epoch / 10 if split == "val" else 1 - epoch / 10
+        return numbers
+
+    trained_on: list[torch.Tensor] = []
+    real_method = trainer.get_method("pgd")
+    monkeypatch.setattr(trainer, "evaluate_pgd10", spy)
+    monkeypatch.setattr(trainer, "get_method", lambda name: lambda model, x, y, ctx: (trained_on.append(x.clone()), real_method(model, x, y, ctx))[1])
+    result = train(tiny_model(), train_data, test_data, config, tmp_path)
+
+    assert len(calls["val"]) == len(calls["test"]) == 3
+    for x in calls["val"]:
+        assert torch.equal(x, train_data[0][held])
+    for x in calls["test"]:
+        assert torch.equal(x, test_data[0])
+    rows_trained = torch.cat(trained_on).flatten(1)
+    val_rows = train_data[0][held].flatten(1)
+    assert not (rows_trained[:, None, :] == val_rows[None, :, :]).all(dim=2).any(), "a held-out image was trained on"
+    assert len(rows_trained) == 3 * 48
+    assert result.best.epoch == 3 and [r.val_adv_acc for r in result.history] == pytest.approx([0.1, 0.2, 0.3])
+    meta = read_meta(tmp_path / "best.safetensors")[0]
+    assert meta.epoch == 3
+    assert meta.training["selection"] == "val" and meta.training["val_examples"] == 16
+    assert meta.training["val_split_seed"] == 2 and meta.training["val_indices_sha256"] == indices_sha256(held)
+    assert meta.metrics["val_pgd10_acc"] == pytest.approx(0.3)
+
+
+def test_test_selection_stays_the_default(digits: tuple[Data, Data], tmp_path: Path) -> None:
+    train_data, test_data = small(digits[0], 32), small(digits[1], 16)
+    result = train(tiny_model(), train_data, test_data, TrainConfig(method="st", epochs=1, batch_size=32), tmp_path)
+    meta = read_meta(tmp_path / "best.safetensors")[0]
+    assert meta.training["selection"] == "test" and "val_indices_sha256" not in meta.training
+    assert result.history[0].val_adv_acc is None
+
+
+class _KillAfterWrites:
+    """Counts completed file writes of a run (every write goes through atomic_write_bytes) and
+    raises after the `kill_after`-th: a kill between that write and the next."""
+
+    def __init__(self, kill_after: int | None) -> None:
+        self.kill_after = kill_after
+        self.names: list[str] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        real = checkpoints.atomic_write_bytes
+
+        def write(path: Path, data: bytes) -> None:
+            real(path, data)
+            self.names.append(Path(path).name)
+            if len(self.names) == self.kill_after:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(checkpoints, "atomic_write_bytes", write)
+        monkeypatch.setattr(history, "atomic_write_bytes", write)
+
+
+def test_a_kill_between_any_two_writes_resumes_to_the_same_weights(
+    digits: tuple[Data, Data], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train_data, test_data = small(digits[0], 64), small(digits[1], 16)
+    config = TrainConfig(method="pgd", epochs=2, batch_size=32, eps=0.1, alpha=0.03, steps=1, val_examples=8, seed=4)
+    counter = _KillAfterWrites(None)
+    with monkeypatch.context() as patch:
+        counter.install(patch)
+        whole = tiny_model(seed=4)
+        train(whole, train_data, test_data, config, tmp_path / "whole")
+    writes = counter.names
+    assert writes[0] == "state.safetensors" and writes.count("state.safetensors") == 3  # epoch 0, 1, 2
+    assert {"best.safetensors", "last.safetensors", "history.parquet", "curves.png"} <= set(writes)
+    for kill_after in range(1, len(writes)):
+        run_dir = tmp_path / f"killed-{kill_after}"
+        with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+            _KillAfterWrites(kill_after).install(patch)
+            train(tiny_model(seed=4), train_data, test_data, config, run_dir)
+        resumed = tiny_model(seed=99)
+        train(resumed, train_data, test_data, config, run_dir, resume=True)
+        for name, tensor in whole.state_dict().items():
+            assert torch.equal(tensor, resumed.state_dict()[name]), (kill_after, writes[kill_after - 1], name)
+        for kind in ("best", "last"):
+            assert read_meta(run_dir / f"{kind}.safetensors")[1]["tensors_sha256"] == \
+                read_meta(tmp_path / "whole" / f"{kind}.safetensors")[1]["tensors_sha256"], (kill_after, kind)

@@ -24,6 +24,8 @@ class EpochRecord:
     train_*: measured on the training batches with the weights before each batch's update;
     "adv" is the input the method trained on (x itself for standard training).
     test_*: the first eval_examples test images after the epoch, in eval mode; "adv" is PGD-10.
+    val_*: the same on the held-out training images that select the best checkpoint; None when
+    the run selects on the test images (val_examples = 0, or a history from before val selection).
     train_objective: the mean of the method's own loss (e.g. CE + beta KL for TRADES).
     """
 
@@ -40,6 +42,10 @@ class EpochRecord:
     test_adv_acc: float
     seconds: float
     samples_per_s: float
+    val_clean_loss: float | None = None
+    val_clean_acc: float | None = None
+    val_adv_loss: float | None = None
+    val_adv_acc: float | None = None
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -62,7 +68,7 @@ def write_history(records: list[EpochRecord], path: Path) -> None:
 
 def read_history(path: Path) -> list[EpochRecord]:
     rows = pq.read_table(path).to_pylist()
-    return [EpochRecord(**row) for row in rows]
+    return [EpochRecord(**row) for row in rows]  # a file from before val selection lacks the val_* columns
 
 
 _PANELS = (("train", "loss"), ("train", "acc"), ("test", "loss"), ("test", "acc"))

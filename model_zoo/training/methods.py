@@ -13,10 +13,16 @@ attack as well as for the update. FreeAT and YOPO must, because one forward pass
 attack and the weight update; the others do the same so that all methods see the same network.
 Our classifiers have no BatchNorm or dropout, so the mode does not change any number (the tests
 check this); a model that had them would see its training-mode statistics during the attack.
+
+Precision: every attack takes its input gradients in fp32 (perturb.input_gradient switches
+autocast off). FreeAT and YOPO take theirs from the very passes that also train the weights, so
+under autocast they run those passes in fp32 as a whole (`_fp32`): a bf16 pass would give them
+bf16 input gradients. They gain nothing from bf16 autocast; the other methods' updates still do.
 """
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
@@ -113,9 +119,22 @@ def _update(model: nn.Module, loss: torch.Tensor, ctx: MethodContext) -> None:
     _apply_gradients(model, ctx)
 
 
-def _gaussian_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
+def _gaussian_start(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """x + 0.001 N(0, 1), NOT clamped to [0, 1]: the released TRADES and MART code starts there,
+    so the first gradient is taken slightly outside the box (every step then projects and clamps)."""
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return project(x + GAUSSIAN_START_STD * noise, x, eps)
+    return x + GAUSSIAN_START_STD * noise
+
+
+def _fp32(method: Method) -> Method:
+    """Run `method` with autocast off: its passes yield the input gradients of its attack."""
+
+    @functools.wraps(method)
+    def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return method(model, x, y, ctx)
+
+    return run
 
 
 def _ascend(
@@ -161,7 +180,7 @@ def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContex
     the released code.
     """
     logits_clean = model(x)
-    start = _gaussian_start(x, ctx.eps, ctx.generator)
+    start = _gaussian_start(x, ctx.generator)
     x_adv = _ascend(model, x, start, logits_clean.detach(), kl_to_clean, ctx)
     logits_adv = model(x_adv)
     loss = F.cross_entropy(logits_clean, y) + ctx.trades_beta * kl_to_clean(logits_adv, logits_clean)
@@ -189,7 +208,7 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
 @register_method("mart")
 def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
     """MART: PGD-K on CE from x + 0.001 N(0, 1) (the released code's start), then `mart_loss`."""
-    x_adv = _ascend(model, x, _gaussian_start(x, ctx.eps, ctx.generator), y, F.cross_entropy, ctx)
+    x_adv = _ascend(model, x, _gaussian_start(x, ctx.generator), y, F.cross_entropy, ctx)
     logits_clean = model(x)
     logits_adv = model(x_adv)
     loss = mart_loss(logits_clean, logits_adv, y, ctx.mart_beta)
@@ -220,6 +239,7 @@ def _freeat_delta(x: torch.Tensor, ctx: MethodContext) -> torch.Tensor:
 
 
 @register_method("freeat")
+@_fp32
 def free_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
     """Free AT (Shafahi et al. 2019): m replays of the batch, each one backward pass that gives
     both the weight gradient (one optimizer step) and the input gradient (one signed step of eps,
@@ -227,18 +247,21 @@ def free_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodConte
 
     The perturbation is kept across batches in ctx.state (a batch-sized tensor; a smaller last
     batch uses and updates its first rows), starting from zero as in the paper. delta itself is
-    clipped to the eps-ball; the input trained on is x + delta projected onto [0, 1] as well, as
-    in the released code, so delta is not shaped by one batch's pixel bounds before the next.
+    clipped to the eps-ball; the input trained on is x + delta clamped to [0, 1], as in the
+    released code, so delta is not shaped by one batch's pixel bounds before the next. The input
+    gradient is taken with respect to delta, through that clamp, as the released code does: it is
+    zero on pixels pushed out of [0, 1], whose delta therefore stays where it is.
     """
     delta = _freeat_delta(x, ctx)
     losses = []
     for _ in range(ctx.freeat_m):
-        x_adv = project(x + delta, x, ctx.eps).requires_grad_(True)
+        delta.requires_grad_(True)
+        x_adv = (x + delta).clamp(0.0, 1.0)
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        delta = (delta + ctx.eps * x_adv.grad.sign()).clamp(-ctx.eps, ctx.eps)
+        delta = (delta.detach() + ctx.eps * delta.grad.sign()).clamp(-ctx.eps, ctx.eps)
         _apply_gradients(model, ctx)
         losses.append(loss.detach())
     ctx.state["freeat_delta"][: x.shape[0]] = delta
@@ -273,6 +296,7 @@ def _capture_first_layer(model: nn.Module) -> Iterator[list[torch.Tensor]]:
 
 
 @register_method("yopo")
+@_fp32
 def yopo(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
     """YOPO-m-n (Zhang et al. 2019): m full forward/backward passes per batch, n cheap inner steps.
 

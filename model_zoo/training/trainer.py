@@ -5,7 +5,9 @@
     >>> result = train(model, (x_train, y_train), (x_test, y_test), TrainConfig(method="pgd", epochs=10), "runs/s4d")
 
 After every epoch the run directory holds:
-  best.safetensors   the epoch with the highest PGD-10 robust accuracy on the eval subset
+  best.safetensors   the epoch with the highest PGD-10 robust accuracy on the selection set:
+                     the held-out training images with `val_examples` > 0 ("selection": "val"),
+                     else the test eval subset (the paper's protocol, "selection": "test")
   last.safetensors   the latest epoch
   history.parquet    one EpochRecord per epoch
   curves.png         the paper's eight curves (redrawn at most every 30 s, and at the end)
@@ -14,7 +16,15 @@ After every epoch the run directory holds:
                      JSON in the same file's metadata, so one atomic rename commits all of it and
                      nothing is ever unpickled.
 A kill at any point loses at most the epoch in progress: `train(..., resume=True)` continues from
-the last completed epoch and ends with the same weights as an uninterrupted run (on CPU).
+the last completed epoch and ends with the same weights as an uninterrupted run (on CPU). This
+holds between any two writes: a fresh run writes its state (epoch 0) before anything else, every
+file is replaced atomically, and each epoch writes its checkpoints, history and curves before its
+state, so a kill among them leaves the previous epoch's state, from which the epoch is redone
+identically and its files rewritten.
+
+Model selection without test leakage: with `val_examples` = N > 0, N training images chosen by a
+seeded permutation (`hold_out`) are never trained on; PGD-10 on them picks the best checkpoint,
+and the test images are only scored (their per-epoch numbers are still recorded).
 
 The library never prints; progress goes to a TrainObserver that the CLI renders.
 
@@ -33,6 +43,7 @@ autocast off there), and every evaluation is fp32.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -78,6 +89,9 @@ class TrainConfig:
     """Every hyper-parameter of a run; stored in each checkpoint's `training` metadata.
 
     Defaults are the paper's (DESIGN.md). `eval_examples`/`train_examples`: None = the whole split.
+    `val_examples` = N > 0 holds out N training images (split by `seed`) that select the best
+    checkpoint; 0 selects on the test eval subset, as the paper did. `train_examples` then caps
+    the images that remain for training.
     `batch_size` is the global batch: under torchrun each of K processes trains on batch_size / K.
     `precision`: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32", or "bf16" (CUDA only).
     """
@@ -98,6 +112,7 @@ class TrainConfig:
     yopo_n: int = 3
     eval_examples: int | None = None
     train_examples: int | None = None
+    val_examples: int = 0
     seed: int = 0
     grad_clip: float | None = None
     precision: str = "auto"
@@ -110,7 +125,7 @@ class TrainConfig:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "alpha": self.alpha,
                     "steps": self.steps, "freeat_m": self.freeat_m, "yopo_m": self.yopo_m, "yopo_n": self.yopo_n}
         non_negative = {"eps": self.eps, "weight_decay": self.weight_decay, "trades_beta": self.trades_beta,
-                        "mart_beta": self.mart_beta}
+                        "mart_beta": self.mart_beta, "val_examples": self.val_examples}
         optional_positive = {"eval_examples": self.eval_examples, "train_examples": self.train_examples,
                              "grad_clip": self.grad_clip}
         for name, value in positive.items():
@@ -132,8 +147,60 @@ class TrainConfig:
             return max(1, math.ceil(self.epochs / self.freeat_m))
         return self.epochs
 
+    @property
+    def selection(self) -> str:
+        """Which images choose the best checkpoint: "val" (held-out training images) or "test"."""
+        return "val" if self.val_examples else "test"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _val_pgd10(record: EpochRecord) -> float:
+    if record.val_adv_acc is None:  # "val" selection evaluates the held-out images every epoch
+        raise RunError(f"epoch {record.epoch} has no PGD-10 accuracy on the held-out images to select on")
+    return record.val_adv_acc
+
+
+# The metric that ranks epochs for best.safetensors, by TrainConfig.selection.
+SELECTION_SCORES: dict[str, Callable[[EpochRecord], float]] = {
+    "val": _val_pgd10,
+    "test": lambda record: record.test_adv_acc,
+}
+
+
+def hold_out(n: int, n_val: int, seed: int) -> torch.Tensor:
+    """The sorted indices of the n_val of n training images held out for model selection: the
+    first n_val of `torch.randperm(n)` under a generator seeded with `seed`."""
+    if not 0 < n_val < n:
+        raise UsageError(f"val_examples must be between 1 and {n - 1} (the training split holds {n} images), got {n_val}")
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:n_val].sort().values
+
+
+def indices_sha256(indices: torch.Tensor) -> str:
+    """sha256 of the indices written as decimal numbers joined by commas (e.g. "3,17,40")."""
+    return hashlib.sha256(",".join(str(i) for i in indices.tolist()).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Split:
+    """The training split divided into the images trained on and those held out for selection."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    val_indices: torch.Tensor
+
+
+def _split(train_data: tuple[torch.Tensor, torch.Tensor], config: TrainConfig) -> _Split:
+    images, labels = train_data
+    if not config.val_examples:  # views, not copies: a CIFAR-sized split is hundreds of MB
+        return _Split(train=(images[: config.train_examples], labels[: config.train_examples]),
+                      val=(images[:0], labels[:0]), val_indices=torch.zeros(0, dtype=torch.long))
+    held = hold_out(len(images), config.val_examples, config.seed)
+    keep = torch.ones(len(images), dtype=torch.bool)
+    keep[held] = False
+    kept = keep.nonzero().flatten()[: config.train_examples]
+    return _Split(train=(images[kept], labels[kept]), val=(images[held], labels[held]), val_indices=held)
 
 
 class TrainObserver:
@@ -234,6 +301,7 @@ class _Setup:
     autocast: torch.dtype
     workers: Workers
     device: torch.device
+    val_indices: torch.Tensor
 
 
 def train(
@@ -251,6 +319,7 @@ def train(
     """Train `model` (on its current device) with `config.method`; write the run into out_dir.
 
     train_data/test_data: images in [0, 1] (N, C, H, W) and int64 labels, on any device.
+    With config.val_examples > 0 part of train_data is held out to select the best checkpoint.
     augment(images, generator=g): applied to every training batch with the run's own generator.
     resume=True continues the run in out_dir; without it an existing run there is refused.
     compile_model=True compiles the model in place (`model.compile()`, i.e. torch.compile) for
@@ -261,7 +330,8 @@ def train(
     out_dir = Path(out_dir)
     workers = distributed.current()
     device = next(model.parameters()).device
-    x_train, y_train = (t[: config.train_examples] for t in train_data)
+    split = _split(train_data, config)
+    (x_train, y_train), (x_val, y_val) = split.train, split.val
     x_test, y_test = (t[: config.eval_examples] for t in test_data)
     _check_shardable(len(x_train), config.batch_size, workers)
     autocast = resolve_precision(config.precision, device)
@@ -275,6 +345,8 @@ def train(
                 raise
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UsageError(f"{out_dir / STATE}: a damaged or edited training state ({reason}); restart the run without --resume") from None
+    else:  # epoch 0's state, before any other file: a kill from here on leaves a resumable run
+        distributed.on_main(_save_state, out_dir / STATE, model, run, run.method_state, config)
     if compile_model:
         model.compile()
     ctx = MethodContext(
@@ -285,8 +357,9 @@ def train(
     setup = _Setup(
         model=model, trained=DataParallel(model, device) if workers.is_distributed else model, config=config, ctx=ctx,
         augment=augment, observer=observer or TrainObserver(), out_dir=out_dir, autocast=autocast, workers=workers,
-        device=device,
+        device=device, val_indices=split.val_indices,
     )
+    score = SELECTION_SCORES[config.selection]
     last_plot = -math.inf
     for epoch in range(len(run.history) + 1, config.effective_epochs + 1):
         setup.observer.on_epoch_start(epoch, config.effective_epochs, len(x_train))
@@ -297,12 +370,14 @@ def train(
         run.scheduler.step()
         setup.observer.on_eval_start(epoch, len(x_test))
         evaluation = evaluate_pgd10(model, x_test, y_test, config.eps, config.alpha, config.batch_size, config.seed)
+        if len(x_val):
+            evaluation |= evaluate_pgd10(model, x_val, y_val, config.eps, config.alpha, config.batch_size, config.seed, split="val")
         record = EpochRecord(
             epoch=epoch, lr=lr, **sums, **evaluation,
             seconds=time.perf_counter() - started, samples_per_s=len(x_train) / train_seconds,
         )
         run.history.append(record)
-        is_best = run.best is None or record.test_adv_acc > run.best.test_adv_acc
+        is_best = run.best is None or score(record) > score(run.best)
         if is_best:
             run.best_epoch = epoch
         plot = epoch == config.effective_epochs or time.monotonic() - last_plot >= CURVES_EVERY_S
@@ -423,10 +498,12 @@ def _check_finite(
 
 
 def evaluate_pgd10(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, batch_size: int, seed: int
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, batch_size: int, seed: int,
+    split: str = "test",
 ) -> dict[str, float]:
     """Clean and PGD-10 loss/accuracy on (x, y) in eval mode and fp32, with the same attack noise
-    every epoch. Under torchrun each batch is split across the ranks and the sums are added up,
+    every epoch, named as EpochRecord's `<split>_*` fields ("test" or "val").
+    Under torchrun each batch is split across the ranks and the sums are added up,
     so every rank gets the one-process numbers (on CPU: the same noise, see shard_generator)."""
     device = next(model.parameters()).device
     workers = distributed.current()
@@ -448,8 +525,8 @@ def evaluate_pgd10(
                     totals[offset + 1] += (logits.argmax(1) == yb).sum().item()
     model.train(was_training)
     totals = distributed.sum_across(totals, device)
-    names = ("test_clean_loss", "test_clean_acc", "test_adv_loss", "test_adv_acc")
-    return {name: total / max(len(x), 1) for name, total in zip(names, totals)}
+    names = ("clean_loss", "clean_acc", "adv_loss", "adv_acc")
+    return {f"{split}_{name}": total / max(len(x), 1) for name, total in zip(names, totals)}
 
 
 def _checkpoint_meta(setup: _Setup, record: EpochRecord, kind: str, eval_examples: int) -> checkpoints.CheckpointMeta:
@@ -464,8 +541,11 @@ def _checkpoint_meta(setup: _Setup, record: EpochRecord, kind: str, eval_example
         "eval_attack": f"PGD-{EVAL_STEPS}",
         "autocast": "bf16" if setup.autocast == torch.bfloat16 else "fp32",
         "processes": setup.workers.world_size,
+        "selection": config.selection,
     }
-    metrics = {
+    if config.val_examples:
+        training |= {"val_split_seed": config.seed, "val_indices_sha256": indices_sha256(setup.val_indices)}
+    metrics: dict[str, Any] = {
         "clean_acc": record.test_clean_acc,
         "pgd10_acc": record.test_adv_acc,
         "clean_loss": record.test_clean_loss,
@@ -474,6 +554,9 @@ def _checkpoint_meta(setup: _Setup, record: EpochRecord, kind: str, eval_example
         "train_clean_acc": record.train_clean_acc,
         "train_adv_acc": record.train_adv_acc,
     }
+    if config.val_examples:
+        metrics |= {"val_clean_acc": record.val_clean_acc, "val_pgd10_acc": record.val_adv_acc,
+                    "val_examples": config.val_examples}
     return checkpoints.CheckpointMeta(
         config=setup.model.config, training=training, epoch=record.epoch, kind=kind, seed=config.seed, metrics=metrics
     )
@@ -483,7 +566,8 @@ def _write_epoch(
     setup: _Setup, run: _Run, method_state: dict[str, torch.Tensor], is_best: bool, eval_examples: int, plot: bool
 ) -> None:
     """Checkpoints, history and curves first, the resume state last: a kill in between only
-    makes the resumed run redo (identically) the epoch whose files were already written.
+    makes the resumed run redo (identically) the epoch whose files were already written, from the
+    previous epoch's state (epoch 0's is written when the run starts).
 
     Rank 0 alone calls this (distributed.on_main); `method_state` holds all ranks' rows."""
     model, out_dir, record = setup.model, setup.out_dir, run.history[-1]

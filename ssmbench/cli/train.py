@@ -51,7 +51,9 @@ class _RichObserver(TrainObserver):
             f"epoch {record.epoch:>3}  loss {record.train_objective:.3f}  "
             f"train {100 * record.train_clean_acc:5.1f}/{100 * record.train_adv_acc:5.1f}  "
             f"test {100 * record.test_clean_acc:5.1f}/{100 * record.test_adv_acc:5.1f}  "
-            f"{record.samples_per_s:,.0f}/s{'  best' if is_best else ''}",
+            + (f"val {100 * record.val_clean_acc:5.1f}/{100 * record.val_adv_acc:5.1f}  "
+               if record.val_clean_acc is not None and record.val_adv_acc is not None else "")
+            + f"{record.samples_per_s:,.0f}/s{'  best' if is_best else ''}",
             markup=False,
         )
 
@@ -101,6 +103,7 @@ def train_command(
     yopo_n: int = typer.Option(3, help="YOPO inner first-layer steps per outer pass."),
     eval_examples: int = typer.Option(None, help="Test images for the per-epoch clean/PGD-10 eval (first N; default all)."),
     train_examples: int = typer.Option(None, help="Train on the first N training images only (quick trials)."),
+    val_examples: int = typer.Option(TrainConfig.val_examples, help="Hold out N training images (a split fixed by --seed) and choose the best checkpoint by PGD-10 on them, not on the test images; 0: the paper's protocol (choose on test)."),
     seed: int = typer.Option(0, help="One seed for the initial weights, data order and attack noise."),
     grad_clip: float = typer.Option(None, help="Clip the gradient norm to this value."),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA)."),
@@ -129,7 +132,7 @@ def train_command(
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, eps=parse_fraction(eps, "--eps"),
         alpha=parse_fraction(alpha, "--alpha"), steps=steps, trades_beta=trades_beta, mart_beta=mart_beta,
         freeat_m=freeat_m, freeat_full_epochs=freeat_full_epochs, yopo_m=yopo_m, yopo_n=yopo_n,
-        eval_examples=eval_examples, train_examples=train_examples, seed=seed, grad_clip=grad_clip, precision=precision,
+        eval_examples=eval_examples, train_examples=train_examples, val_examples=val_examples, seed=seed, grad_clip=grad_clip, precision=precision,
     )
     with distributed.process_group(parse_device(device)) as target:
         resolve_precision(precision, target)  # refuse bf16 on a CPU before loading anything
@@ -142,6 +145,8 @@ def train_command(
         test_data = data.load_split(dataset, "test", data_dir, download)
         processes = f" x {workers.world_size} processes" if workers.is_distributed else ""
         say.print("per epoch: train clean/adversarial acc %, test clean/PGD-10 acc %, samples/s")
+        if config.val_examples:
+            say.print(f"  and val clean/PGD-10 acc % on {config.val_examples} held-out training images (select best)")
         say.print(
             f"{arch} ({ads} AdS{', attention' if attention else ''}) on {dataset}, {at}, eps {config.eps:.4f}, "
             f"{config.effective_epochs} epochs, device {target}{processes} -> {out}"
@@ -151,6 +156,8 @@ def train_command(
             result = train(model, train_data, test_data, config, out, augment=data.augment if info.augment else None,
                            observer=observer, resume=resume, compile_model=compile_model)
     say.print(_summary(result.best, result.last))
+    chosen = f"{config.val_examples} held-out training images" if config.val_examples else "the test eval subset (the paper's protocol)"
+    say.print(f"best = the epoch with the highest PGD-10 accuracy on {chosen}")
     say.print(f"wrote {result.best_path}, {result.last_path}, {out / 'history.parquet'}, {out / 'curves.png'}")
 
 
