@@ -15,15 +15,14 @@ from __future__ import annotations
 import importlib
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from model_zoo.errors import UsageError
-from ssmbench.data import load_split
 from benchmarks.runner import (
     Measurement,
     Row,
@@ -35,6 +34,8 @@ from benchmarks.runner import (
     render_markdown,
     skipped,
 )
+from model_zoo.errors import UsageError
+from ssmbench.data import load_split
 
 SCALES = ("full", "quick", "tiny")
 TaskHook = Callable[[str, str], None]  # (benchmark/case, side label) about to be measured

@@ -23,9 +23,10 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -293,7 +294,7 @@ def machine_info(options: RunOptions) -> dict[str, Any]:
         "threads": options.threads or torch.get_num_threads(),
         "python": platform.python_version(),
         "device": options.device,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "load_start": load_average(),
     }
     if torch.device(options.device).type == "cuda":

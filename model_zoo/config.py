@@ -55,7 +55,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """The config from a file's dict, refused unless every field has its declared type.
 
         Files are written by others: a string d_model or a float n_layers must be one line here,

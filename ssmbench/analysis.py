@@ -11,9 +11,10 @@ this is the paper's component figure.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -153,7 +154,7 @@ def analyze(
     return changes
 
 
-def to_table(changes: list[ComponentChange]) -> "pyarrow.Table":
+def to_table(changes: list[ComponentChange]) -> pyarrow.Table:
     import pyarrow as pa
 
     return pa.Table.from_pylist(

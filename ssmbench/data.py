@@ -12,9 +12,9 @@ otherwise, or when the network is unreachable, a one-line DataError says which f
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

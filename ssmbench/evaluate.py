@@ -220,7 +220,7 @@ class _State:
         self.batches = batches
 
     @classmethod
-    def open(cls, path: str | Path | None, fingerprint: dict[str, object]) -> "_State":
+    def open(cls, path: str | Path | None, fingerprint: dict[str, object]) -> _State:
         if path is None:
             return cls(None, fingerprint, [])
         path = Path(path)

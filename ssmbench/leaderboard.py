@@ -36,7 +36,7 @@ import tempfile
 from base64 import b64encode
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -205,7 +205,7 @@ def _row_problem(row: ResultRow) -> str | None:
 
 def utc_now() -> str:
     """The current time in the form `ResultRow.time` expects."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # -- Parquet schema and migrations ------------------------------------------------------------

@@ -66,8 +66,8 @@ from model_zoo.ads import ADS_CHOICES
 from model_zoo.checkpoints import CheckpointMeta, atomic_write_bytes, file_sha256, load, read_meta
 from model_zoo.config import ModelConfig, check_values
 from model_zoo.errors import RunError, UsageError, ZooError
-from model_zoo.limits import SEED_RANGE
 from model_zoo.layers import MIXERS
+from model_zoo.limits import SEED_RANGE
 from model_zoo.training import TrainConfig, TrainObserver, list_methods, read_history, seed_everything, train
 from model_zoo.training.trainer import BEST, LAST, STATE
 from ssmbench import data

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torchattacks
 from torch import nn
 
-from ssmbench import attack_backends
 from model_zoo.errors import UsageError
+from ssmbench import attack_backends
 from ssmbench.attacks import FGSM, PGD, AttackSettings, Suite, build_suite, get_attack, predict
 
 EPS = 8 / 255

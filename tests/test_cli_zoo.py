@@ -65,9 +65,9 @@ def test_bad_targets_give_one_line_and_exit_2(args: list[str], capsys: pytest.Ca
 
 
 def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
-    from ssmbench.cli import app
-
     import typer.main
+
+    from ssmbench.cli import app
 
     group = typer.main.get_command(app)
     missing = []

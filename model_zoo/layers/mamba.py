@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +115,7 @@ class _ScanInputs:
     @classmethod
     def prepare(
         cls, u: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, chunk_size: int
-    ) -> "_ScanInputs":
+    ) -> _ScanInputs:
         # Tiles are sliced from these hundreds of times: make them dense once.
         u, dt, a, b, c = (t.contiguous() for t in (u, dt, a, b, c))
         batch, length, width = u.shape

@@ -14,8 +14,9 @@ the matrix power, and the recurrence with C = C~ (I - Abar^L)^-1 has exactly thi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -21,9 +21,10 @@ and `run` it per tile, which removes the cost of re-slicing the views in Python 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

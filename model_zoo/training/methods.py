@@ -23,9 +23,10 @@ bf16 input gradients. They gain nothing from bf16 autocast; the other methods' u
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,7 @@ followed by projection onto the eps-ball around x and onto [0, 1]. Gradients are
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -48,18 +48,18 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
+from torch import nn
 
 from model_zoo import checkpoints
 from model_zoo.classifier import SequenceClassifier

@@ -12,7 +12,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import torch
-
 from rich.console import Console
 from rich.progress import (
     BarColumn,

@@ -39,7 +39,6 @@ from ssmbench.study import (
 )
 
 
-
 class _RichObserver(StudyObserver):
     """Two bars: the cells of this runner, and the epoch (or evaluation) in progress."""
 

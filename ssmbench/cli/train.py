@@ -17,7 +17,7 @@ from rich.table import Table
 
 from model_zoo import build_model
 from model_zoo.errors import UsageError
-from model_zoo.training import EpochRecord, check_out_dir, TrainConfig, TrainObserver, distributed, list_methods, seed_everything, train
+from model_zoo.training import EpochRecord, TrainConfig, TrainObserver, check_out_dir, distributed, list_methods, seed_everything, train
 from model_zoo.training.trainer import PRECISIONS, resolve_precision
 from ssmbench import data
 from ssmbench.cli._common import console, parse_device, parse_fraction, progress_bar
