@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from ssm_reference import bilinear_nplr_channel, with_conjugates
 
 from model_zoo import build_model, make_config
 from model_zoo.config import ModelConfig
@@ -64,26 +65,13 @@ def perturbed_shared_s4(d_model: int, d_state: int, n_ssm: int, seed: int) -> S4
 def shared_recurrence(layer: S4Mixer, u: torch.Tensor) -> torch.Tensor:
     """Bilinear recurrence per channel h with (Lambda, P, B) = stored copy h % n_ssm, dense matrices."""
 
-    def full(half: torch.Tensor) -> torch.Tensor:
-        return torch.cat([half, half.conj()])
-
-    length = u.shape[1]
     out = torch.empty_like(u)
     for h in range(u.shape[2]):
         k = h % layer.n_ssm
-        lam = full(torch.complex(-torch.exp(layer.log_neg_lambda_real[k]), layer.lambda_imag[k]))
-        p, b = full(torch.view_as_complex(layer.p)[k]), full(torch.view_as_complex(layer.b)[k])
-        c_tilde = full(torch.view_as_complex(layer.c)[h])
-        dt = torch.exp(layer.log_dt[h])
-        eye = torch.eye(lam.shape[0], dtype=lam.dtype)
-        a = torch.diag(lam) - torch.outer(p, p.conj())
-        back = torch.linalg.inv(eye - dt / 2 * a)
-        a_bar, b_bar = back @ (eye + dt / 2 * a), back @ (dt * b)
-        c = c_tilde @ torch.linalg.inv(eye - torch.linalg.matrix_power(a_bar, length))
-        state = torch.zeros(u.shape[0], lam.shape[0], dtype=lam.dtype)
-        for step in range(length):
-            state = state @ a_bar.T + u[:, step, h, None] * b_bar
-            out[:, step, h] = (state @ c).real + layer.d[h] * u[:, step, h]
+        lam = with_conjugates(torch.complex(-torch.exp(layer.log_neg_lambda_real[k]), layer.lambda_imag[k]))
+        p, b = with_conjugates(torch.view_as_complex(layer.p)[k]), with_conjugates(torch.view_as_complex(layer.b)[k])
+        c_tilde = with_conjugates(torch.view_as_complex(layer.c)[h])
+        out[:, :, h] = bilinear_nplr_channel(lam, p, b, c_tilde, torch.exp(layer.log_dt[h]), layer.d[h], u[:, :, h])
     return out
 
 

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from ssm_reference import bilinear_nplr_channel, with_conjugates
 
 from model_zoo import build_model
 from model_zoo.layers.dss import DSSMixer
@@ -28,11 +29,6 @@ def legs_dense(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
-def with_conjugates(half: torch.Tensor) -> torch.Tensor:
-    """The full N-mode vector that the layers imply: the stored modes and their conjugates."""
-    return torch.cat([half, half.conj()], dim=-1)
-
-
 def perturbed_s4(d_model: int, d_state: int, seed: int) -> S4Mixer:
     """A float64 S4 layer moved away from its init, with a few large steps dt to exercise the kernel."""
     torch.manual_seed(seed)
@@ -45,28 +41,12 @@ def perturbed_s4(d_model: int, d_state: int, seed: int) -> S4Mixer:
 
 
 def s4_recurrence(layer: S4Mixer, u: torch.Tensor) -> torch.Tensor:
-    """x_k = Abar x_{k-1} + Bbar u_k, y_k = Re(C x_k) + D u_k with dense complex matrices.
-
-    A = Lambda - P P^* (full N modes), bilinear: Abar = (I - dt/2 A)^-1 (I + dt/2 A),
-    Bbar = (I - dt/2 A)^-1 dt B. The layer's C is C~ = C (I - Abar^L), so C = C~ (I - Abar^L)^-1.
-    """
+    """The layer's NPLR system (as `nplr_system` reports it) run channel by channel as a dense recurrence."""
     system = layer.nplr_system()
-    length = u.shape[1]
     out = torch.empty_like(u)
     for h in range(u.shape[2]):
         lam, p, b, c_tilde = (with_conjugates(system[k][h]) for k in ("lam", "p", "b", "c_tilde"))
-        dt = system["dt"][h]
-        eye = torch.eye(lam.shape[0], dtype=lam.dtype)
-        a = torch.diag(lam) - torch.outer(p, p.conj())
-        back = torch.linalg.inv(eye - dt / 2 * a)
-        a_bar, b_bar = back @ (eye + dt / 2 * a), back @ (dt * b)
-        c = c_tilde @ torch.linalg.inv(eye - torch.linalg.matrix_power(a_bar, length))
-        state = torch.zeros(u.shape[0], lam.shape[0], dtype=lam.dtype)
-        for k in range(length):
-            state = state @ a_bar.T + u[:, k, h, None] * b_bar
-            y = state @ c
-            assert y.imag.abs().max() < 1e-9, "the conjugate-paired system must be real"
-            out[:, k, h] = y.real + layer.d[h] * u[:, k, h]
+        out[:, :, h] = bilinear_nplr_channel(lam, p, b, c_tilde, system["dt"][h], layer.d[h], u[:, :, h])
     return out
 
 
