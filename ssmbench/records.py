@@ -65,8 +65,8 @@ def result_row(
         split=split,
         examples=first_n(result.n_examples),
         labels_sha256=result.labels_sha256,
-        outcomes=PerExample.from_tensors(result.clean, result.robust_after).pack(),
-        outcome_attacks=tuple(result.robust_after),
+        outcomes=PerExample.from_tensors(result.per_example.clean, result.per_example.robust_after).pack(),
+        outcome_attacks=tuple(result.per_example.robust_after),
         checks_run=tuple(outcome.name for outcome in result.checks),
         check_examples=result.check_examples if result.checks else 0,
     )

@@ -14,7 +14,7 @@ from ssmbench.attacks import predict
 from ssmbench.cli import main
 from ssmbench.cli.eval import default_examples
 from ssmbench.data import load_split
-from ssmbench.evaluate import default_device, evaluate
+from ssmbench.evaluate import EvalSettings, default_device, evaluate
 from ssmbench.leaderboard import read
 
 EPS = 8 / 255
@@ -47,7 +47,7 @@ def test_eval_of_a_checkpoint_appends_one_row_with_the_right_fields(run_dir, tmp
     (row,) = read(results)
     model = ssmbench.load(checkpoint)
     x, y = load_split("digits", "test")
-    reference = evaluate(model, x, y, "pgd10", EPS, n_examples=64, checks=None)
+    reference = evaluate(model, (x, y), "pgd10", EvalSettings(eps=EPS, n_examples=64, checks=None))
     assert (row.model, row.dataset, row.arch, row.ads, row.attention) == (str(checkpoint), "digits", "s4d", "none", False)
     assert (row.method, row.train_eps, row.checkpoint_kind) == ("pgd", pytest.approx(EPS), "best")
     assert row.checkpoint_sha256 == checkpoints.file_sha256(checkpoint)

@@ -9,6 +9,7 @@ and last.safetensors hold the same weights: the suite runs once and both rows re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -28,7 +29,7 @@ from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES, get_suite_spec
 from ssmbench.checks import FLAGS, CheckConfig
 from ssmbench.cli._common import LEADERBOARD_HELP, check_seed, console, leaderboard_path, parse_device, parse_fraction, progress_bar
-from ssmbench.evaluate import EvalResult, default_device, evaluate
+from ssmbench.evaluate import EvalResult, EvalSettings, default_device, evaluate
 from ssmbench.leaderboard import ResultRow, append_or_keep
 from ssmbench.leaderboard_render import with_interval
 from ssmbench.loading import load_with_meta, resolve_target
@@ -90,8 +91,9 @@ def _interval_line(item: _Evaluated) -> str:
     """'best: clean 98.6 (96.8-99.4), robust 95.8 (93.2-97.4) % on 360; checks passed on 64 examples'."""
     result = item.result
     n = result.n_examples
+    flags_of = result.per_example
     clean, robust = (with_interval(acc, *wilson(int(flags.sum()), n)) for acc, flags in
-                     ((result.clean_acc, result.clean), (result.robust_acc, result.robust)))
+                     ((result.clean_acc, flags_of.clean), (result.robust_acc, flags_of.robust)))
     if result.flags:
         checks = f"flagged: {', '.join(result.flags)}"
     elif result.checks:
@@ -105,7 +107,7 @@ def _per_attack_line(item: _Evaluated) -> str:
     """'best, robust after each attack: pgd10 96.9 (89.3-99.1), apgd-ce ...': the table's columns with intervals."""
     result = item.result
     parts = (f"{name} {with_interval(flags.float().mean().item(), *wilson(int(flags.sum()), result.n_examples))}"
-             for name, flags in result.robust_after.items())
+             for name, flags in result.per_example.robust_after.items())
     return f"{_label(item)}, robust after each attack: {', '.join(parts)} %"
 
 
@@ -129,7 +131,7 @@ def _render(target: str, items: list[_Evaluated]) -> None:
     console.print(table)
     for item in items:
         console.print(_interval_line(item))
-        if len(item.result.robust_after) > 1:
+        if len(item.result.per_attack) > 1:
             console.print(_per_attack_line(item))
     for item in items:
         if item.shared_with:
@@ -180,7 +182,9 @@ def eval_command(
             raise UsageError(f"{option} must be >= 1, got {value}")
     check_seed(seed)
     device = None if device is None else str(parse_device(device))
-    options = _Options(suite, radius, batch_size, device, backend, seed, version, CheckConfig(n_examples=check_examples) if checks else None, state_dir, compile_model)
+    settings = EvalSettings(eps=radius, batch_size=batch_size, device=device, backend=backend, version=version, seed=seed,
+                            checks=CheckConfig(n_examples=check_examples) if checks else None)
+    options = _Options(suite, settings, state_dir, compile_model)
     run_id = uuid.uuid4().hex[:12]
     evaluated: list[_Evaluated] = []
     rows: list[ResultRow] = []
@@ -218,13 +222,7 @@ class _Options:
     """The evaluation settings shared by every checkpoint of one command."""
 
     suite: str
-    eps: float
-    batch_size: int
-    device: str | None
-    backend: str
-    seed: int
-    version: str
-    checks: CheckConfig | None
+    settings: EvalSettings  # without n_examples and state_path, which are per checkpoint
     state_dir: Path | None
     compile: bool = False
 
@@ -243,8 +241,10 @@ def _evaluate_checkpoint(
     n = n_examples if n_examples is not None else default_examples(options.suite, len(images))
     if n > len(images):
         raise UsageError(f"--n-examples {n} exceeds the {len(images)} test images of {meta.config.dataset}")
-    key = {"suite": options.suite, "version": options.version, "eps": options.eps, "n": n, "backend": options.backend,
-           "seed": options.seed, "batch_size": options.batch_size}
+    common = options.settings
+    key = {"suite": options.suite, "version": common.version, "eps": common.eps, "n": n, "backend": common.backend,
+           "seed": common.seed, "batch_size": common.batch_size}
+    settings = dataclasses.replace(common, n_examples=n, state_path=_state_path(options.state_dir, sha256, key))
     label = f"{meta.kind or name} {options.suite}"
     with progress_bar(decimals=1, disable=not distributed.current().is_main) as bar:
         task = bar.add_task(label, total=n)
@@ -253,11 +253,7 @@ def _evaluate_checkpoint(
             bar.update(task, completed=done, description=label + (f" ({attack})" if attack else ""))
 
         try:
-            result = evaluate(
-                model, images, labels, options.suite, options.eps, n, options.batch_size, options.device, options.backend,
-                options.seed, show, version=options.version, checks=options.checks,
-                state_path=_state_path(options.state_dir, sha256, key),
-            )
+            result = evaluate(model, (images, labels), options.suite, settings, progress=show)
         except RunError:
             raise
         except RuntimeError as exc:

@@ -20,7 +20,7 @@ from ssmbench import data
 from ssmbench.attacks import BACKENDS
 from ssmbench.checks import FLAGS, CheckConfig
 from ssmbench.cli._common import console, parse_device, parse_fraction, progress_bar
-from ssmbench.evaluate import EvalResult, evaluate
+from ssmbench.evaluate import EvalResult, EvalSettings, evaluate
 from ssmbench.leaderboard import read
 from ssmbench.leaderboard_render import with_interval
 from ssmbench.loading import resolve_target
@@ -137,8 +137,9 @@ def _measure(
                 bar.update(task, completed=done, description=suite + (f" ({attack})" if attack else ""))
 
             try:
-                results[suite] = evaluate(model, images, labels, suite, eps, n, batch_size, device, backend, progress=show,
-                                          checks=CheckConfig() if checks else None)
+                settings = EvalSettings(eps=eps, n_examples=n, batch_size=batch_size, device=device, backend=backend,
+                                        checks=CheckConfig() if checks else None)
+                results[suite] = evaluate(model, (images, labels), suite, settings, progress=show)
             except RunError:
                 raise
             except RuntimeError as exc:  # a torch failure inside an attack (e.g. out of memory)

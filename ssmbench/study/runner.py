@@ -26,7 +26,7 @@ from model_zoo.training import TrainObserver, read_history, seed_everything, tra
 from model_zoo.training.trainer import BEST, LAST, STATE
 from ssmbench import data
 from ssmbench.checks import CheckConfig
-from ssmbench.evaluate import EvalResult, evaluate
+from ssmbench.evaluate import EvalResult, EvalSettings, evaluate
 from ssmbench.leaderboard import LeaderboardError, ResultRow, append_or_keep, read
 from ssmbench.records import result_row
 from ssmbench.study.config import StudyConfig
@@ -274,11 +274,12 @@ def _evaluate(
             observer.on_eval(cell, kind, suite, done, total, attack)
 
         try:
-            results.append(evaluate(
-                model, images, labels, suite, config.eps, n, config.eval_batch_size, device, config.backend,
-                cell.seed, progress, version=config.aa_version, checks=CheckConfig() if config.checks else None,
+            settings = EvalSettings(
+                eps=config.eps, n_examples=n, batch_size=config.eval_batch_size, device=device, backend=config.backend,
+                version=config.aa_version, seed=cell.seed, checks=CheckConfig() if config.checks else None,
                 state_path=path.parent / f"eval-{kind}-{suite}.json",
-            ))
+            )
+            results.append(evaluate(model, (images, labels), suite, settings, progress=progress))
         except RunError:
             raise
         except RuntimeError as exc:  # a torch failure inside an attack (e.g. out of memory) fails the cell
