@@ -10,7 +10,6 @@ this is the paper's component figure.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_zoo.ads import AdaptiveScaling
+from model_zoo.files import atomic_writer
 from model_zoo.training.perturb import pgd
 
 if TYPE_CHECKING:
@@ -170,10 +170,8 @@ def write_parquet(changes: list[ComponentChange], path: Path) -> None:
     """Atomic Parquet write (temp file + rename), like every other result file."""
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(to_table(changes), tmp)
-    os.replace(tmp, path)
+    with atomic_writer(path) as handle:
+        pq.write_table(to_table(changes), handle)
 
 
 def plot_change_rates(changes: list[ComponentChange], path: Path, title: str = "") -> None:

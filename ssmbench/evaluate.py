@@ -32,8 +32,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model_zoo.checkpoints import atomic_write_bytes, tensors_sha256
+from model_zoo.checkpoints import tensors_sha256
+from model_zoo.devices import resolve_device
 from model_zoo.errors import UsageError
+from model_zoo.files import atomic_write_bytes
 from model_zoo.training import distributed
 from ssmbench.attacks import THREAT_MODEL, Attack, AttackSettings, SuiteResult, build_suite, eval_mode, suite_backend, suite_label
 from ssmbench.checks import CheckConfig, CheckOutcome, run_checks
@@ -58,7 +60,7 @@ class EvalSettings:
     eps: float = 8 / 255
     n_examples: int | None = None
     batch_size: int = 256
-    device: str | torch.device | None = None
+    device: str | torch.device | None = None  # None or 'auto': CUDA when present (model_zoo.devices)
     backend: str = "official"
     version: str = "standard"
     seed: int = 0
@@ -116,10 +118,6 @@ class EvalResult:
         return tuple(dict.fromkeys(found))
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def evaluate(
     model: nn.Module,
     data: tuple[torch.Tensor, torch.Tensor],
@@ -140,7 +138,7 @@ def evaluate(
     n = _validate(images, labels, settings.n_examples)
     attack_settings, batch_size, checks = settings.attack_settings, settings.batch_size, settings.checks
     runner = build_suite(suite, attack_settings)
-    device = torch.device(settings.device) if settings.device is not None else default_device()
+    device = resolve_device(settings.device)
     model = model.to(device)
     x, y = images[:n], labels[:n]
     label = suite_label(suite, settings.version)

@@ -10,11 +10,12 @@ import torch.nn.functional as F
 
 import ssmbench
 from model_zoo import build_model, checkpoints
+from model_zoo.devices import resolve_device
 from ssmbench.attacks import predict
 from ssmbench.cli import main
 from ssmbench.cli.eval import default_examples
 from ssmbench.data import load_split
-from ssmbench.evaluate import EvalSettings, default_device, evaluate
+from ssmbench.evaluate import EvalSettings, evaluate
 from ssmbench.leaderboard import read
 
 EPS = 8 / 255
@@ -55,7 +56,7 @@ def test_eval_of_a_checkpoint_appends_one_row_with_the_right_fields(run_dir, tmp
     assert row.clean_acc == pytest.approx((predict(model, x[:64]) == y[:64]).float().mean().item())
     assert row.robust_acc == pytest.approx(reference.robust_acc)
     assert row.per_attack == pytest.approx({"pgd10": reference.robust_acc})
-    assert (row.backend, row.backend_version, row.seed, row.device) == ("ssmbench", ssmbench.__version__, 0, str(default_device()))
+    assert (row.backend, row.backend_version, row.seed, row.device) == ("ssmbench", ssmbench.__version__, 0, str(resolve_device()))
     assert (row.ssmbench_version, row.torch_version) == (ssmbench.__version__, torch.__version__)
     assert isinstance(row.flags, tuple) and row.wall_seconds > 0
 

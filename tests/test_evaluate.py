@@ -9,10 +9,11 @@ import torch
 
 import ssmbench
 from model_zoo.checkpoints import CheckpointMeta
+from model_zoo.devices import resolve_device
 from model_zoo.errors import UsageError
 from ssmbench.attacks import AttackSettings, build_suite, eval_mode, predict
 from ssmbench.checks import CheckConfig, run_checks
-from ssmbench.evaluate import EvalSettings, default_device, evaluate
+from ssmbench.evaluate import EvalSettings, evaluate
 from ssmbench.outcomes import PerExample, labels_sha256
 from ssmbench.records import result_row
 
@@ -35,7 +36,7 @@ def test_pgd10_on_the_first_n_examples_in_fixed_order(model, test_set) -> None:
     assert torch.equal(first.per_example.robust, full.per_example.robust[:100])
     assert full.robust_acc == full.per_attack["pgd10"] < full.clean_acc
     assert (full.suite, full.backend, full.backend_version) == ("pgd10", "ssmbench", ssmbench.__version__)
-    assert full.device == str(default_device()) and full.wall_seconds > 0
+    assert full.device == str(resolve_device()) and full.wall_seconds > 0
 
 
 def test_progress_reports_examples_done_and_the_running_attack(model, test_set) -> None:
@@ -120,7 +121,7 @@ def test_bad_arguments_are_usage_errors(model, test_set, kwargs) -> None:
 
 def test_default_settings_record_the_row_of_the_suite_run_by_hand(model, test_set) -> None:
     """evaluate()'s defaults record what running pgd10 by hand gives: 256 examples a batch, all of
-    the examples, seed 0, the default sanity checks on the first 128, the device that default_device names."""
+    the examples, seed 0, the default sanity checks on the first 128, the device that resolve_device picks."""
     x, y = test_set
     settings = AttackSettings(EPS)
     suite = build_suite("pgd10", settings)
@@ -134,7 +135,7 @@ def test_default_settings_record_the_row_of_the_suite_run_by_hand(model, test_se
     expected = {
         "eps": EPS, "suite": "pgd10", "threat_model": "Linf", "backend": "ssmbench", "backend_version": ssmbench.__version__,
         "n_examples": len(x), "clean_acc": clean.float().mean().item(), "robust_acc": after["pgd10"].float().mean().item(),
-        "per_attack": {"pgd10": after["pgd10"].float().mean().item()}, "seed": 0, "device": str(default_device()),
+        "per_attack": {"pgd10": after["pgd10"].float().mean().item()}, "seed": 0, "device": str(resolve_device()),
         "flags": tuple(dict.fromkeys(outcome.flag for outcome in checks if outcome.flag)),
         "checks_run": tuple(outcome.name for outcome in checks), "check_examples": 128,
         "examples": f"first {len(x)}", "labels_sha256": labels_sha256(y),

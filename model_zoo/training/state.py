@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from model_zoo import checkpoints
+from model_zoo import files
 from model_zoo.classifier import SequenceClassifier
 from model_zoo.errors import UsageError
 from model_zoo.training import distributed
@@ -97,7 +97,7 @@ def save_state(
         "python_rng": random.getstate(),
         "complex": complex_names,
     }
-    checkpoints.atomic_write_bytes(path, safetensors_bytes(tensors, metadata={STATE_KEY: json.dumps(document)}))
+    files.atomic_write_bytes(path, safetensors_bytes(tensors, metadata={STATE_KEY: json.dumps(document)}))
 
 
 # The JSON type of each part of a state document; an edited state is refused before it is used.

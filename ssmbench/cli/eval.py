@@ -16,20 +16,20 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import typer
 from rich import box
 from rich.table import Table
 from torch import nn
 
 from model_zoo.checkpoints import CheckpointMeta, file_sha256, read_meta
+from model_zoo.devices import resolve_device
 from model_zoo.errors import RunError, UsageError
 from model_zoo.training import distributed
 from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES, get_suite_spec
 from ssmbench.checks import FLAGS, CheckConfig
-from ssmbench.cli._common import LEADERBOARD_HELP, check_seed, console, leaderboard_path, parse_device, parse_fraction, progress_bar
-from ssmbench.evaluate import EvalResult, EvalSettings, default_device, evaluate
+from ssmbench.cli._common import LEADERBOARD_HELP, check_seed, console, leaderboard_path, parse_fraction, progress_bar
+from ssmbench.evaluate import EvalResult, EvalSettings, evaluate
 from ssmbench.leaderboard import ResultRow, append_or_keep
 from ssmbench.leaderboard_render import with_interval
 from ssmbench.loading import load_with_meta, resolve_target
@@ -181,15 +181,15 @@ def eval_command(
         if value is not None and value < 1:
             raise UsageError(f"{option} must be >= 1, got {value}")
     check_seed(seed)
-    device = None if device is None else str(parse_device(device))
-    settings = EvalSettings(eps=radius, batch_size=batch_size, device=device, backend=backend, version=version, seed=seed,
+    target_device = resolve_device(device)
+    settings = EvalSettings(eps=radius, batch_size=batch_size, device=target_device, backend=backend, version=version, seed=seed,
                             checks=CheckConfig(n_examples=check_examples) if checks else None)
     options = _Options(suite, settings, state_dir, compile_model)
     run_id = uuid.uuid4().hex[:12]
     evaluated: list[_Evaluated] = []
     rows: list[ResultRow] = []
     # Under torchrun every rank evaluates its share of the batches; "cuda" then means cuda:LOCAL_RANK.
-    with distributed.process_group(torch.device(device) if device is not None else default_device()):
+    with distributed.process_group(target_device):
         for name, path in _checkpoints(target):
             model, meta = load_with_meta(path)  # verifies the weights against their checksum
             weights, sha256 = read_meta(path)[1]["tensors_sha256"], file_sha256(path)

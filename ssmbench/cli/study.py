@@ -14,10 +14,11 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from model_zoo.checkpoints import atomic_write_bytes
+from model_zoo.devices import resolve_device
 from model_zoo.errors import RunError, UsageError
+from model_zoo.files import atomic_write_bytes
 from model_zoo.training import EpochRecord
-from ssmbench.cli._common import console, parse_device, parse_fraction, progress_bar
+from ssmbench.cli._common import console, parse_fraction, progress_bar
 from ssmbench.home import HOME_ENV
 from ssmbench.study import (
     DONE,
@@ -193,7 +194,7 @@ def study_command(
 
     Example: ssmbench study --dataset digits --models s4,dss --at st,pgd --ads none,tanh --epochs 5 --aa-examples 64
     """
-    device = None if device is None else str(parse_device(device))
+    device = None if device is None else str(resolve_device(device))
     grid = {"models": _split(models), "at": _split(at), "ads": _split(ads), "attention": attention}
     settings = {
         "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_examples": train_examples,

@@ -16,11 +16,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from model_zoo import build_model
+from model_zoo.devices import resolve_device
 from model_zoo.errors import UsageError
 from model_zoo.training import EpochRecord, TrainConfig, TrainObserver, check_out_dir, distributed, list_methods, seed_everything, train
 from model_zoo.training.trainer import PRECISIONS, resolve_precision
 from ssmbench import data
-from ssmbench.cli._common import console, parse_device, parse_fraction, progress_bar
+from ssmbench.cli._common import console, parse_fraction, progress_bar
 
 # The paper trained 100 epochs on MNIST-like data and 180 on CIFAR-10 / Tiny-ImageNet.
 PAPER_EPOCHS = {"cifar10": 180, "tiny-imagenet": 180}
@@ -134,7 +135,7 @@ def train_command(
         freeat_m=freeat_m, freeat_full_epochs=freeat_full_epochs, yopo_m=yopo_m, yopo_n=yopo_n,
         eval_examples=eval_examples, train_examples=train_examples, val_examples=val_examples, seed=seed, grad_clip=grad_clip, precision=precision,
     )
-    with distributed.process_group(parse_device(device)) as target:
+    with distributed.process_group(resolve_device(device)) as target:
         resolve_precision(precision, target)  # refuse bf16 on a CPU before loading anything
         workers = distributed.current()
         say = console if workers.is_main else Console(quiet=True)

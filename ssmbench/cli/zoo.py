@@ -13,13 +13,14 @@ from model_zoo import zoo
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.checkpoints import file_sha256, load, read_meta, stored_values
 from model_zoo.config import PRESETS
+from model_zoo.devices import resolve_device
 from model_zoo.errors import RunError, UsageError
 from model_zoo.labels import method_label
 from model_zoo.layers import MIXERS
 from ssmbench import data
 from ssmbench.attacks import BACKENDS
 from ssmbench.checks import FLAGS, CheckConfig
-from ssmbench.cli._common import console, parse_device, parse_fraction, progress_bar
+from ssmbench.cli._common import console, parse_fraction, progress_bar
 from ssmbench.evaluate import EvalResult, EvalSettings, evaluate
 from ssmbench.leaderboard import read
 from ssmbench.leaderboard_render import with_interval
@@ -174,7 +175,7 @@ def add_command(
     if aa_examples < 1 or batch_size < 1:
         raise UsageError(f"--aa-examples and --batch-size must be >= 1, got {aa_examples} and {batch_size}")
     radius = parse_fraction(eps, "--eps")
-    device = None if device is None else str(parse_device(device))
+    device = None if device is None else str(resolve_device(device))
     if not checkpoint.is_file():
         raise UsageError(f"{checkpoint}: no such checkpoint file")
     if from_leaderboard is not None:
