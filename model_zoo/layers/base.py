@@ -66,9 +66,9 @@ def get_mixer(name: str) -> MixerSpec:
 class SSMMixer(nn.Module):
     """Base for SSM mixers: y = out_proj(ads(core(x))).
 
-    Subclasses build their parameters and implement `core(x) -> (B, L, d_inner)`. LTI mixers
-    implement `kernel(length) -> (H, L)` and call `causal_conv(u)`, which caches the kernel and its
-    spectrum while the weights are frozen (eval mode or `frozen_weights`, model_zoo/frozen.py).
+    Subclasses build their parameters and implement `core(x) -> (B, L, d_inner)`; the LTI
+    convolution mixers share theirs (`LTIConvMixer`, model_zoo/layers/lti.py). `weight_cache`
+    holds weight-only quantities while the weights are frozen (model_zoo/frozen.py).
     """
 
     def __init__(self, d_model: int, d_inner: int, ads: str = "none") -> None:
@@ -80,21 +80,6 @@ class SSMMixer(nn.Module):
         self.ads = build_ads(d_inner, ads)
         self.out_proj = nn.Linear(d_inner, d_model)
         self.weight_cache = WeightCache()
-
-    def kernel(self, length: int) -> torch.Tensor:  # pragma: no cover - abstract for LTI mixers
-        raise NotImplementedError(f"{type(self).__name__} is not a convolutional SSM")
-
-    def causal_conv(self, u: torch.Tensor) -> torch.Tensor:
-        """u (B, H, L) convolved causally with `kernel(L)`; the kernel and its spectrum are cached while the weights are frozen."""
-        length = u.shape[-1]
-        n = fft_size(length)
-
-        def kernel_and_spectrum() -> tuple[torch.Tensor, torch.Tensor]:
-            kernel = self.kernel(length).to(u.dtype)
-            return kernel, torch.fft.rfft(kernel.detach(), n=n)
-
-        kernel, spectrum = self.weight_cache.get(self, ("conv", length, n, u.device, u.dtype), kernel_and_spectrum)
-        return FFTCausalConv.apply(u, kernel, spectrum, n)
 
     def core(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
