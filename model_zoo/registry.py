@@ -8,7 +8,7 @@ from typing import Any
 
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.classifier import SequenceClassifier
-from model_zoo.config import PRESETS, ModelConfig, preset
+from model_zoo.config import ModelConfig, preset
 from model_zoo.errors import ZooError
 from model_zoo.layers import MIXERS, get_mixer
 
@@ -18,10 +18,6 @@ def list_models(pattern: str = "*") -> list[str]:
     from fnmatch import fnmatch
 
     return sorted(name for name in MIXERS if fnmatch(name, pattern))
-
-
-def list_datasets() -> list[str]:
-    return list(PRESETS)
 
 
 def make_config(
