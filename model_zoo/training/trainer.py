@@ -64,7 +64,7 @@ from torch import nn
 from model_zoo import checkpoints
 from model_zoo.classifier import SequenceClassifier
 from model_zoo.errors import RunError, UsageError
-from model_zoo.labels import run_title
+from model_zoo import labels  # a module, not its names: labels imports the method registry, which imports this package
 from model_zoo.training import distributed
 from model_zoo.training.distributed import DataParallel, Workers
 from model_zoo.training.history import EpochRecord, plot_curves, write_history
@@ -483,7 +483,7 @@ def _write_epoch(
     checkpoints.save(model, out_dir / LAST, _checkpoint_meta(setup, record, "last", eval_examples))
     write_history(run.history, out_dir / HISTORY)
     if plot:
-        plot_curves(run.history, out_dir / CURVES, title=run_title(model.config, setup.config.method, setup.config.seed))
+        plot_curves(run.history, out_dir / CURVES, title=labels.run_title(model.config, setup.config.method, setup.config.seed))
     _save_state(out_dir / STATE, model, run, method_state, setup.config)
 
 
