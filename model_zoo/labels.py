@@ -12,6 +12,7 @@ from model_zoo.config import ModelConfig
 from model_zoo.registry import family_name
 from model_zoo.training.methods import METHODS
 
+
 def family_label(arch: str, ads: str, attention: bool) -> str:
     """'s4d + AdS (relu) + attention': the architecture as the paper names its variants."""
     parts = [arch]

@@ -151,3 +151,19 @@ def test_a_method_parameter_in_the_study_table_points_to_method_params(tmp_path:
 def test_method_labels_come_from_the_method_registry() -> None:
     assert {name: method_label(name) for name in METHODS} == {name: spec.display for name, spec in METHODS.items()}
     assert method_label("pgd") == "PGD-AT" and method_label("unregistered") == "unregistered"
+
+
+LEADERBOARDS = sorted((Path(__file__).resolve().parent.parent / "leaderboards").glob("*.parquet"))
+
+
+@pytest.mark.parametrize("results", LEADERBOARDS, ids=lambda p: p.stem)
+def test_committed_leaderboards_render_to_their_committed_markdown(results: Path) -> None:
+    """Byte for byte (what ci/check_leaderboard.sh checks): the method names now come from the
+    method registry, and the published tables must not change by a character."""
+    from ssmbench import leaderboard
+
+    assert leaderboard.markdown_is_fresh(results, leaderboard.markdown_for(results))
+
+
+def test_the_leaderboards_are_there_to_render() -> None:
+    assert {p.stem for p in LEADERBOARDS} >= {"results"}

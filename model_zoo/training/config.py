@@ -49,9 +49,13 @@ class TrainConfig:
     params: MethodParams | None = None
     eval_examples: int | None = field(default=None, metadata={"help": "Test images for the per-epoch clean/PGD-10 eval (first N; default all)."})
     train_examples: int | None = field(default=None, metadata={"help": "Train on the first N training images only (quick trials)."})
-    val_examples: int = field(default=0, metadata={"help": "Hold out N training images (a split fixed by --seed) and choose the best checkpoint by PGD-10 on them, not on the test images; 0: the paper's protocol (choose on test)."})
+    val_examples: int = field(default=0, metadata={"help": (
+        "Hold out N training images (a split fixed by --seed) and choose the best checkpoint by PGD-10 on them, "
+        "not on the test images; 0: the paper's protocol (choose on test).")})
     seed: int = field(default=0, metadata={"help": "One seed for the initial weights, data order and attack noise."})
-    precision: str = field(default="auto", metadata={"help": "Training passes: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (CUDA only). Attack gradients and evaluation are always fp32."})
+    precision: str = field(default="auto", metadata={"help": (
+        "Training passes: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (CUDA only). "
+        "Attack gradients and evaluation are always fp32.")})
 
     def __post_init__(self) -> None:
         spec = METHODS.get(self.method)

@@ -24,9 +24,9 @@ bf16 input gradients. They gain nothing from bf16 autocast; the other methods' u
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-import math
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -36,8 +36,8 @@ from torch import nn
 
 from model_zoo.errors import UsageError
 from model_zoo.registries import Registry
-from model_zoo.training.settings import MethodParams, ThreatModel
 from model_zoo.training.perturb import LossFn, input_gradient, pgd, project, uniform_start
+from model_zoo.training.settings import MethodParams, ThreatModel
 
 # FGSM-RS step (Wong et al. 2020): 1.25 eps from a uniform start, the value their paper found
 # to train robustly without catastrophic overfitting at eps 8/255.

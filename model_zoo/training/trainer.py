@@ -61,14 +61,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from model_zoo import checkpoints
+from model_zoo import checkpoints, labels
 from model_zoo.classifier import SequenceClassifier
 from model_zoo.errors import RunError, UsageError
-from model_zoo import labels  # a module, not its names: labels imports the method registry, which imports this package
 from model_zoo.training import distributed
+from model_zoo.training.config import PRECISIONS, TrainConfig
 from model_zoo.training.distributed import DataParallel, Workers
 from model_zoo.training.history import EpochRecord, plot_curves, write_history
-from model_zoo.training.config import PRECISIONS, TrainConfig
 from model_zoo.training.methods import MethodContext, get_method
 from model_zoo.training.perturb import pgd
 
