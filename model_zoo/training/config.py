@@ -25,7 +25,7 @@ from model_zoo.training.settings import NORMS, MethodParams, Optimization, Threa
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # Keys of the flat form that are derived from the settings, not settings themselves.
-_DERIVED = ("threat_model", "effective_epochs")
+DERIVED_KEYS = ("threat_model", "effective_epochs")
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class TrainConfig:
         keyword settings); missing keys take their defaults, other methods' parameters are ignored.
         """
         known = flat_keys()
-        unknown = sorted(set(flat) - known - set(_DERIVED))
+        unknown = sorted(set(flat) - known - set(DERIVED_KEYS))
         if unknown:
             raise UsageError(f"unknown training setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
         method = flat.get("method", cls.method)

@@ -572,7 +572,8 @@ def _load_state(
     A setting that the saved run predates counts as its default; resolved epochs are compared. The per-example method state is
     stored for the whole batch, so a run can resume with another number of processes."""
     saved = TrainConfig.from_metadata(document["config"]).to_dict()  # a setting the saved run predates: its default
-    changed = sorted(k for k, v in config.to_dict().items() if saved[k] != v)
+    # effective_epochs follows from epochs and the method parameters, which are compared themselves.
+    changed = sorted(k for k, v in config.to_dict().items() if k != "effective_epochs" and saved[k] != v)
     if changed:
         raise UsageError(f"{path}: resume with the settings of the saved run; these differ: {', '.join(changed)}")
     if document["model_config"] != json.loads(json.dumps(model.config.to_dict())):
