@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from model_zoo.errors import UsageError
 from model_zoo.registries import Registry
 
+# The embedded dataset that needs no download: what every command uses unless told otherwise.
+DEFAULT_DATASET = "digits"
 # The paper's presets by dataset family (config.py): MNIST-sized and CIFAR-sized models.
 PRESET_FAMILIES = ("small", "large")
 

@@ -138,7 +138,7 @@ def _config(config: Path | None, grid: dict[str, Any], settings: dict[str, Any])
         return load_study(config).with_settings(**given)
     if not grid["models"] or not grid["at"]:
         raise UsageError("give --config STUDY.toml, or the grid as --models and --at (with --ads, --attention)")
-    cells = Grid(models=grid["models"], methods=grid["at"], ads=grid["ads"] or ("none",), attention=(grid["attention"],))
+    cells = Grid(models=grid["models"], methods=grid["at"], ads=grid["ads"] or Grid.ads, attention=(grid["attention"],))
     dataset = given.get("dataset", StudyConfig.dataset)
     return StudyConfig(grids=(cells,), out=Path("runs") / f"study-{dataset}").with_settings(**given)
 

@@ -16,6 +16,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from model_zoo import build_model
+from model_zoo.ads import ADS_CHOICES
+from model_zoo.config import ModelConfig
+from model_zoo.datasets import DEFAULT_DATASET, list_datasets
 from model_zoo.errors import UsageError
 from model_zoo.training import (
     EpochRecord,
@@ -91,13 +94,13 @@ def _summary(best: EpochRecord, last: EpochRecord) -> Table:
 def train_command(
     arch: str = typer.Argument(..., help="Architecture (ssmbench zoo list)."),
     at: str = setting(TrainConfig, "method", "--at"),
-    ads: str = typer.Option("none", help="Adaptive Scaling: none, relu, sigmoid or tanh."),
-    attention: bool = typer.Option(False, "--attention", help="Add a self-attention layer to every block."),
+    ads: str = typer.Option(ModelConfig.ads, help=f"Adaptive Scaling: {', '.join(ADS_CHOICES)}."),
+    attention: bool = typer.Option(ModelConfig.attention, "--attention", help="Add a self-attention layer to every block."),
     mixer_options: str = typer.Option(
         None, "--mixer-options",
         help='Mixer options as a JSON table, e.g. \'{"n_ssm": 1, "train_real": false}\' (S4 as the seed study released it; README: Models).',
     ),
-    dataset: str = typer.Option("digits", help="Dataset (digits needs no download)."),
+    dataset: str = typer.Option(DEFAULT_DATASET, help=f"Dataset: {', '.join(list_datasets())} ({DEFAULT_DATASET} needs no download)."),
     epochs: int = setting(TrainConfig, "epochs"),
     eps: str = fraction_setting(ThreatModel, "eps"),
     alpha: str = fraction_setting(ThreatModel, "alpha"),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.config import ModelConfig, check_values
+from model_zoo.datasets import DEFAULT_DATASET
 from model_zoo.errors import UsageError, ZooError
 from model_zoo.layers import MIXERS
 from model_zoo.limits import SEED_RANGE
@@ -67,7 +68,7 @@ class StudyConfig:
     """
 
     grids: tuple[Grid, ...]
-    dataset: str = "digits"
+    dataset: str = DEFAULT_DATASET
     name: str = ""
     train: TrainConfig = TrainConfig()
     method_params: dict[str, MethodParams] = field(default_factory=dict)
