@@ -30,8 +30,8 @@ from benchmarks import Context, Row, Task, load_split_file, register_benchmark
 from benchmarks.runner import Step
 from model_zoo import build_model
 from model_zoo.training import TrainConfig, seed_everything, train
-from ssmbench.attack_backends import TORCHATTACKS_STANDARD_BUDGET
 from ssmbench.attacks import PGD, AttackSettings, build_suite
+from ssmbench.attacks.autoattack import TORCHATTACKS_STANDARD_BUDGET
 
 EPS = 8 / 255
 STEPS = 10
@@ -73,7 +73,7 @@ def digits_checkpoint(ctx: Context) -> Path:
     if not checkpoint.is_file():
         seed_everything(SEED)
         model = build_model("s4d", "digits", **scale.model)
-        config = TrainConfig(method="st", epochs=scale.train_epochs, batch_size=32, lr=3e-3,
+        config = TrainConfig.from_settings(method="st", epochs=scale.train_epochs, batch_size=32, lr=3e-3,
                              eval_examples=16, train_examples=scale.train_examples, seed=SEED)
         splits = (load_split_file(ctx.cached_split("digits", split)) for split in ("train", "test"))
         train(model, *splits, config, run_dir)

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from model_zoo.training import methods
+
 EPS = 8 / 255
 ALPHA = 2 / 255
 SEED = 0
@@ -80,18 +82,27 @@ def build(arch: str, dataset: str, ads: str, overrides: dict[str, Any], device: 
     return build_model(arch, dataset, ads=ads, **overrides).to(device)
 
 
+def method_context(name: str, optimizer: torch.optim.Optimizer, steps: int, generator: torch.Generator) -> Any:
+    """The method's context in either tree's API: a ThreatModel and the method's registered
+    parameter dataclass (after issue 10), or the flat fields of the baseline commit."""
+    try:
+        from model_zoo.training.settings import ThreatModel
+    except ImportError:
+        return methods.MethodContext(optimizer=optimizer, eps=EPS, alpha=ALPHA, steps=steps, generator=generator)
+    params = methods.METHODS.get(name).params()
+    return methods.MethodContext(optimizer, params, ThreatModel(eps=EPS, alpha=ALPHA, steps=steps), generator=generator)
+
+
 def case_epoch(case: dict[str, Any], device: str) -> dict[str, Any]:
     """One PGD-AT epoch (PGD-10, eps 8/255, step 2/255) through the tree's own `pgd` method, on
     the images in `train_file` (digits by default; `dataset` names the model preset)."""
-    from model_zoo.training.methods import MethodContext, get_method
-
     images, labels = load_split(case["train_file"], case.get("train_examples"))
     images, labels = images.to(device), labels.to(device)
     model = build(case["arch"], case.get("dataset", "digits"), case["ads"], case.get("model", {}), device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    ctx = MethodContext(optimizer=optimizer, eps=EPS, alpha=ALPHA, steps=case.get("steps", 10),
-                        generator=torch.Generator(device=device).manual_seed(SEED))
-    method = get_method(case.get("method", "pgd"))
+    name = case.get("method", "pgd")
+    ctx = method_context(name, optimizer, case.get("steps", 10), torch.Generator(device=device).manual_seed(SEED))
+    method = methods.get_method(name)
     batch = case["batch_size"]
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SEED)).to(device)
 

@@ -13,7 +13,8 @@ from torch import nn
 from model_zoo import build_model
 from model_zoo.frozen import WeightCache, frozen_weights, weights_frozen
 from model_zoo.training import methods
-from model_zoo.training.methods import MethodContext, get_method
+from model_zoo.training.methods import METHODS, MethodContext, get_method
+from model_zoo.training.settings import MethodParams, ThreatModel
 
 SMALL = {"d_model": 16, "d_state": 8, "n_layers": 2}
 ARCHS = ["s4", "dss", "s4d", "s5", "mamba", "mega"]
@@ -47,9 +48,14 @@ def small_model(arch: str) -> nn.Module:
     return build_model(arch, "digits", **SMALL).train()
 
 
-def context(model: nn.Module, seed: int = 1) -> MethodContext:
+def method_params(method: str) -> MethodParams:
+    return METHODS.get(method).params()
+
+
+def context(model: nn.Module, method: str = "pgd", seed: int = 1) -> MethodContext:
     generator = torch.Generator().manual_seed(seed)
-    return MethodContext(optimizer=torch.optim.SGD(model.parameters(), lr=0.1), steps=STEPS, generator=generator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return MethodContext(optimizer, method_params(method), ThreatModel(steps=STEPS), generator=generator)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -72,7 +78,7 @@ def run_epoch(arch: str, method: str) -> tuple[list[torch.Tensor], dict[str, tor
     model = small_model(arch)
     data = torch.Generator().manual_seed(2)
     images, labels = torch.rand(16, 1, 8, 8, generator=data), torch.randint(0, 10, (16,), generator=data)
-    ctx = context(model)
+    ctx = context(model, method)
     adversarial = []
     for batch in range(4):
         rows = slice(4 * batch, 4 * batch + 4)

@@ -12,9 +12,8 @@ After every epoch the run directory holds:
   history.parquet    one EpochRecord per epoch
   curves.png         the paper's eight curves (redrawn at most every 30 s, and at the end)
   state.safetensors  everything needed to continue bit-for-bit: weights, optimizer, scheduler,
-                     every RNG, FreeAT's perturbation. Tensors are safetensors entries, the rest is
-                     JSON in the same file's metadata, so one atomic rename commits all of it and
-                     nothing is ever unpickled.
+                     every RNG, FreeAT's perturbation, in one file committed by one atomic rename
+                     (`model_zoo.training.state`).
 A kill at any point loses at most the epoch in progress: `train(..., resume=True)` continues from
 the last completed epoch and ends with the same weights as an uninterrupted run (on CPU). This
 holds between any two writes: a fresh run writes its state (epoch 0) before anything else, every
@@ -44,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import random
 import time
@@ -57,103 +55,26 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from model_zoo import checkpoints
+from model_zoo import checkpoints, labels
 from model_zoo.classifier import SequenceClassifier
 from model_zoo.errors import RunError, UsageError
-from model_zoo.labels import run_title
-from model_zoo.limits import MAX_EPS, MAX_LR, SEED_RANGE
-from model_zoo.training import distributed
+from model_zoo.training import distributed, state
+from model_zoo.training.config import PRECISIONS, TrainConfig
 from model_zoo.training.distributed import DataParallel, Workers
 from model_zoo.training.history import EpochRecord, plot_curves, write_history
-from model_zoo.training.methods import MethodContext, get_method, list_methods
+from model_zoo.training.methods import MethodContext, get_method
 from model_zoo.training.perturb import pgd
+from model_zoo.training.state import RunState
 
 Augment = Callable[..., torch.Tensor]  # augment(images, generator=...) -> images
 EVAL_STEPS = 10  # the per-epoch robust accuracy is PGD-10, which also selects the best checkpoint
 # Drawing curves.png takes about a second; on short epochs it would dominate, so it is redrawn
 # at most this often and always after the last epoch (history.parquet is written every epoch).
 CURVES_EVERY_S = 30.0
-STATE_FORMAT = 1
-STATE_KEY = "ssmbench_train_state"
 BEST, LAST, HISTORY = "best.safetensors", "last.safetensors", "history.parquet"
 CURVES, STATE = "curves.png", "state.safetensors"
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every hyper-parameter of a run; stored in each checkpoint's `training` metadata.
-
-    Defaults are the paper's (DESIGN.md). `eval_examples`/`train_examples`: None = the whole split.
-    `val_examples` = N > 0 holds out N training images (split by `seed`) that select the best
-    checkpoint; 0 selects on the test eval subset, as the paper did. `train_examples` then caps
-    the images that remain for training.
-    `batch_size` is the global batch: under torchrun each of K processes trains on batch_size / K.
-    `precision`: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32", or "bf16" (CUDA only).
-    """
-
-    method: str = "pgd"
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 2e-4
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    steps: int = 10
-    trades_beta: float = 6.0
-    mart_beta: float = 6.0
-    freeat_m: int = 4
-    freeat_full_epochs: bool = False
-    yopo_m: int = 5
-    yopo_n: int = 3
-    eval_examples: int | None = None
-    train_examples: int | None = None
-    val_examples: int = 0
-    seed: int = 0
-    grad_clip: float | None = None
-    precision: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.method not in list_methods():
-            raise UsageError(f"unknown training method {self.method!r}; choose one of {', '.join(list_methods())}")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "alpha": self.alpha,
-                    "steps": self.steps, "freeat_m": self.freeat_m, "yopo_m": self.yopo_m, "yopo_n": self.yopo_n}
-        non_negative = {"eps": self.eps, "weight_decay": self.weight_decay, "trades_beta": self.trades_beta,
-                        "mart_beta": self.mart_beta, "val_examples": self.val_examples}
-        optional_positive = {"eval_examples": self.eval_examples, "train_examples": self.train_examples,
-                             "grad_clip": self.grad_clip}
-        for name, value in positive.items():
-            if not value > 0:
-                raise UsageError(f"{name} must be > 0, got {value}")
-        for name, value in non_negative.items():
-            if not value >= 0:
-                raise UsageError(f"{name} must be >= 0, got {value}")
-        for name, value in optional_positive.items():
-            if value is not None and not value > 0:
-                raise UsageError(f"{name} must be > 0 when given, got {value}")
-        _check_bounds(self)
-
-    @property
-    def effective_epochs(self) -> int:
-        """Epochs actually run: FreeAT replays each batch m times, so by default it runs epochs/m
-        (rounded up) to cost what PGD-AT costs; freeat_full_epochs runs them all (the paper)."""
-        if self.method == "freeat" and not self.freeat_full_epochs:
-            return max(1, math.ceil(self.epochs / self.freeat_m))
-        return self.epochs
-
-    @property
-    def selection(self) -> str:
-        """Which images choose the best checkpoint: "val" (held-out training images) or "test"."""
-        return "val" if self.val_examples else "test"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _val_pgd10(record: EpochRecord) -> float:
@@ -267,26 +188,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-@dataclass
-class _Run:
-    """The mutable state of a run: exactly what state.safetensors stores.
-
-    Under torchrun `method_state` holds this rank's rows of per-example state (FreeAT's
-    perturbation); the state file holds the whole batch's rows.
-    """
-
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    generators: dict[str, torch.Generator]
-    method_state: dict[str, torch.Tensor]
-    history: list[EpochRecord]
-    best_epoch: int = 0
-
-    @property
-    def best(self) -> EpochRecord | None:
-        return self.history[self.best_epoch - 1] if self.best_epoch else None
-
-
 @dataclass(frozen=True)
 class _Setup:
     """What every batch of a run needs besides the data and the run state."""
@@ -328,6 +229,7 @@ def train(
     Under torchrun, call it on every rank with the model on the rank's device (module docstring).
     """
     out_dir = Path(out_dir)
+    config = config.resolved(model.config.dataset)
     workers = distributed.current()
     device = next(model.parameters()).device
     split = _split(train_data, config)
@@ -339,21 +241,18 @@ def train(
     run = _new_run(model, config)
     if resume:
         try:
-            _load_state(out_dir / STATE, *distributed.on_main(_read_state, out_dir / STATE), model, run, config, workers)
+            state.load_state(out_dir / STATE, *distributed.on_main(state.read_state, out_dir / STATE), model, run, config, workers)
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
             if isinstance(exc, UsageError):
                 raise
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UsageError(f"{out_dir / STATE}: a damaged or edited training state ({reason}); restart the run without --resume") from None
     else:  # epoch 0's state, before any other file: a kill from here on leaves a resumable run
-        distributed.on_main(_save_state, out_dir / STATE, model, run, run.method_state, config)
+        distributed.on_main(state.save_state, out_dir / STATE, model, run, run.method_state, config)
     if compile_model:
         model.compile()
-    ctx = MethodContext(
-        optimizer=run.optimizer, eps=config.eps, alpha=config.alpha, steps=config.steps,
-        trades_beta=config.trades_beta, mart_beta=config.mart_beta, freeat_m=config.freeat_m,
-        yopo_m=config.yopo_m, yopo_n=config.yopo_n, grad_clip=config.grad_clip, state=run.method_state,
-    )
+    ctx = MethodContext(optimizer=run.optimizer, params=config.method_params, threat=config.threat,
+                        grad_clip=config.optim.grad_clip, state=run.method_state)
     setup = _Setup(
         model=model, trained=DataParallel(model, device) if workers.is_distributed else model, config=config, ctx=ctx,
         augment=augment, observer=observer or TrainObserver(), out_dir=out_dir, autocast=autocast, workers=workers,
@@ -369,9 +268,9 @@ def train(
         train_seconds = time.perf_counter() - started
         run.scheduler.step()
         setup.observer.on_eval_start(epoch, len(x_test))
-        evaluation = evaluate_pgd10(model, x_test, y_test, config.eps, config.alpha, config.batch_size, config.seed)
+        evaluation = evaluate_pgd10(model, x_test, y_test, config.threat.eps, config.threat.alpha, config.batch_size, config.seed)
         if len(x_val):
-            evaluation |= evaluate_pgd10(model, x_val, y_val, config.eps, config.alpha, config.batch_size, config.seed, split="val")
+            evaluation |= evaluate_pgd10(model, x_val, y_val, config.threat.eps, config.threat.alpha, config.batch_size, config.seed, split="val")
         record = EpochRecord(
             epoch=epoch, lr=lr, **sums, **evaluation,
             seconds=time.perf_counter() - started, samples_per_s=len(x_train) / train_seconds,
@@ -388,25 +287,12 @@ def train(
     return TrainResult(best=run.best, last=run.history[-1], history=list(run.history), out_dir=out_dir)
 
 
-def _check_bounds(config: TrainConfig) -> None:
-    """Finite floats, radii within the image box, a learning rate that can train, a seed numpy takes."""
-    for name in ("lr", "eps", "alpha", "weight_decay", "trades_beta", "mart_beta", "grad_clip"):
-        value = getattr(config, name)
-        if value is not None and not math.isfinite(value):
-            raise UsageError(f"{name} must be a finite number, got {value}")
-    for name, limit in (("eps", MAX_EPS), ("alpha", MAX_EPS), ("lr", MAX_LR)):
-        if getattr(config, name) > limit:
-            raise UsageError(f"{name} must be <= {limit:g}, got {getattr(config, name)}")
-    if not SEED_RANGE[0] <= config.seed <= SEED_RANGE[1]:
-        raise UsageError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {config.seed}")
-
-
 def check_out_dir(out_dir: str | Path, resume: bool) -> None:
     """A fresh run must not overwrite another run; a resumed one needs its state file."""
-    state = Path(out_dir) / STATE
-    if resume and not state.is_file():
-        raise UsageError(f"{state}: no training state to resume; start without resume (--resume)")
-    if not resume and state.exists():
+    state_file = Path(out_dir) / STATE
+    if resume and not state_file.is_file():
+        raise UsageError(f"{state_file}: no training state to resume; start without resume (--resume)")
+    if not resume and state_file.exists():
         raise UsageError(f"{out_dir} already holds a training run; resume it (--resume) or choose another output directory")
 
 
@@ -420,9 +306,8 @@ def _check_shardable(n: int, batch_size: int, workers: Workers) -> None:
                          "processes; change the number of training examples or the batch size")
 
 
-def _new_run(model: SequenceClassifier, config: TrainConfig) -> _Run:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.effective_epochs)
+def _new_run(model: SequenceClassifier, config: TrainConfig) -> RunState:
+    optimizer, scheduler = config.optim.build(model.parameters(), config.effective_epochs)
     # Separate streams so that e.g. turning augmentation on does not change the data order. The
     # attack noise has no running stream: each batch's comes from (seed, epoch, batch), so a
     # rank can draw its shard's part of it (distributed.shard_generator).
@@ -430,11 +315,11 @@ def _new_run(model: SequenceClassifier, config: TrainConfig) -> _Run:
         "shuffle": torch.Generator().manual_seed(config.seed),
         "augment": torch.Generator().manual_seed(config.seed + 1),
     }
-    return _Run(optimizer, scheduler, generators, method_state={}, history=[])
+    return RunState(optimizer, scheduler, generators, method_state={}, history=[])
 
 
 def _train_epoch(
-    setup: _Setup, run: _Run, x_train: torch.Tensor, y_train: torch.Tensor, epoch: int
+    setup: _Setup, run: RunState, x_train: torch.Tensor, y_train: torch.Tensor, epoch: int
 ) -> dict[str, float]:
     """One pass over the training set; returns the epoch's train_* means (over all ranks).
 
@@ -533,10 +418,6 @@ def _checkpoint_meta(setup: _Setup, record: EpochRecord, kind: str, eval_example
     config = setup.config
     training = {
         **config.to_dict(),
-        "threat_model": "Linf",
-        "effective_epochs": config.effective_epochs,
-        "optimizer": "AdamW",
-        "schedule": "cosine",
         "augment": setup.augment is not None,
         "eval_attack": f"PGD-{EVAL_STEPS}",
         "autocast": "bf16" if setup.autocast == torch.bfloat16 else "fp32",
@@ -563,7 +444,7 @@ def _checkpoint_meta(setup: _Setup, record: EpochRecord, kind: str, eval_example
 
 
 def _write_epoch(
-    setup: _Setup, run: _Run, method_state: dict[str, torch.Tensor], is_best: bool, eval_examples: int, plot: bool
+    setup: _Setup, run: RunState, method_state: dict[str, torch.Tensor], is_best: bool, eval_examples: int, plot: bool
 ) -> None:
     """Checkpoints, history and curves first, the resume state last: a kill in between only
     makes the resumed run redo (identically) the epoch whose files were already written, from the
@@ -576,130 +457,5 @@ def _write_epoch(
     checkpoints.save(model, out_dir / LAST, _checkpoint_meta(setup, record, "last", eval_examples))
     write_history(run.history, out_dir / HISTORY)
     if plot:
-        plot_curves(run.history, out_dir / CURVES, title=run_title(model.config, setup.config.method, setup.config.seed))
-    _save_state(out_dir / STATE, model, run, method_state, setup.config)
-
-
-def _flatten(
-    prefix: str, tensors: dict[str, torch.Tensor], out: dict[str, torch.Tensor], complex_names: list[str]
-) -> None:
-    """Add tensors under prefix; complex ones as real views (safetensors has no complex dtype)."""
-    for name, tensor in tensors.items():
-        tensor = tensor.detach().cpu()
-        if tensor.is_complex():
-            complex_names.append(f"{prefix}{name}")
-            tensor = torch.view_as_real(tensor)
-        out[f"{prefix}{name}"] = tensor.contiguous().clone()
-
-
-def _save_state(
-    path: Path, model: SequenceClassifier, run: _Run, method_state: dict[str, torch.Tensor], config: TrainConfig
-) -> None:
-    tensors: dict[str, torch.Tensor] = {}
-    complex_names: list[str] = []
-    _flatten("model.", model.state_dict(), tensors, complex_names)
-    _flatten("method.", method_state, tensors, complex_names)
-    optimizer_state = run.optimizer.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, entries in optimizer_state["state"].items():
-        _flatten(f"optim.{pid}.", {k: v for k, v in entries.items() if torch.is_tensor(v)}, tensors, complex_names)
-        scalars[str(pid)] = {k: v for k, v in entries.items() if not torch.is_tensor(v)}
-    generator_states = {name: g.get_state() for name, g in run.generators.items()}
-    generator_states["torch_cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        generator_states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    _flatten("rng.", generator_states, tensors, complex_names)
-    numpy_state = np.random.get_state()
-    document = {
-        "format": STATE_FORMAT,
-        "config": config.to_dict(),
-        "model_config": model.config.to_dict(),
-        "history": [r.to_dict() for r in run.history],
-        "best_epoch": run.best_epoch,
-        "optimizer_param_groups": optimizer_state["param_groups"],
-        "optimizer_scalars": scalars,
-        "scheduler": run.scheduler.state_dict(),
-        "numpy_rng": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-        "python_rng": random.getstate(),
-        "complex": complex_names,
-    }
-    checkpoints.atomic_write_bytes(path, safetensors_bytes(tensors, metadata={STATE_KEY: json.dumps(document)}))
-
-
-# The JSON type of each part of a state document; an edited state is refused before it is used.
-_STATE_TYPES: dict[str, type] = {
-    "config": dict, "model_config": dict, "history": list, "best_epoch": int, "optimizer_param_groups": list,
-    "optimizer_scalars": dict, "scheduler": dict, "numpy_rng": list, "python_rng": list, "complex": list,
-}
-
-
-def _read_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            document = json.loads((handle.metadata() or {})[STATE_KEY])
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError, KeyError) as exc:
-        raise UsageError(f"{path}: not a readable ssmbench training state ({exc})") from None
-    if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
-        found = document.get("format") if isinstance(document, dict) else document
-        raise UsageError(f"{path}: training state format {found} is not {STATE_FORMAT}")
-    wrong = [key for key, kind in _STATE_TYPES.items() if not isinstance(document.get(key), kind) or isinstance(document.get(key), bool)]
-    if wrong:
-        raise UsageError(f"{path}: a damaged or edited training state ({wrong[0]} is not a {_STATE_TYPES[wrong[0]].__name__}); "
-                         "restart the run without --resume")
-    for name in document["complex"]:
-        tensors[name] = torch.view_as_complex(tensors[name])
-    return document, tensors
-
-
-def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
-
-
-def _load_state(
-    path: Path, document: dict[str, Any], tensors: dict[str, torch.Tensor], model: SequenceClassifier, run: _Run,
-    config: TrainConfig, workers: Workers,
-) -> None:
-    """Restore `run` and the model's weights from a state read by `_read_state` (on rank 0, then
-    shared: other nodes need not see the file); refuse a state saved with other settings.
-
-    A setting that the saved run predates counts as its default. The per-example method state is
-    stored for the whole batch, so a run can resume with another number of processes."""
-    defaults = TrainConfig().to_dict()
-    changed = sorted(k for k, v in config.to_dict().items() if document["config"].get(k, defaults[k]) != v)
-    if changed:
-        raise UsageError(f"{path}: resume with the settings of the saved run; these differ: {', '.join(changed)}")
-    if document["model_config"] != json.loads(json.dumps(model.config.to_dict())):
-        saved = document["model_config"]["arch"]
-        raise UsageError(f"{path}: the saved run trained a different model ({saved} with other settings)")
-    device = next(model.parameters()).device
-    model.load_state_dict(_section(tensors, "model."), strict=True)
-    method_state = distributed.split_rows(_section(tensors, "method."), workers)
-    run.method_state.update({k: v.to(device) for k, v in method_state.items()})
-    _load_optimizer(run.optimizer, document, tensors)
-    run.scheduler.load_state_dict(document["scheduler"])
-    rng = _section(tensors, "rng.")  # a state from before per-batch attack noise also holds "attack": unused
-    for name, generator in run.generators.items():
-        generator.set_state(rng[name])
-    torch.set_rng_state(rng["torch_cpu"])
-    if torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng])
-    kind, keys, *rest = document["numpy_rng"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-    version, internal, gauss = document["python_rng"]
-    random.setstate((version, tuple(internal), gauss))
-    run.history[:] = [EpochRecord(**row) for row in document["history"]]
-    run.best_epoch = document["best_epoch"]
-
-
-def _load_optimizer(
-    optimizer: torch.optim.Optimizer, document: dict[str, Any], tensors: dict[str, torch.Tensor]
-) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for pid, scalars in document["optimizer_scalars"].items():
-        state[int(pid)] = {**scalars, **_section(tensors, f"optim.{pid}.")}
-    groups = []
-    for current, saved in zip(optimizer.param_groups, document["optimizer_param_groups"]):
-        # JSON turned tuples (AdamW's betas) into lists; give them their type back.
-        groups.append({k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in saved.items()})
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+        plot_curves(run.history, out_dir / CURVES, title=labels.run_title(model.config, setup.config.method, setup.config.seed))
+    state.save_state(out_dir / STATE, model, run, method_state, setup.config)
