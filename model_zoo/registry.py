@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 from typing import Any
 
+from model_zoo import plugins
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.classifier import SequenceClassifier
 from model_zoo.config import PRESETS, ModelConfig, preset
@@ -14,10 +15,11 @@ from model_zoo.layers import MIXERS, get_mixer
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered architecture names matching a glob pattern, sorted."""
+    """Architecture names matching a glob pattern, sorted: the registered ones and those that
+    installed plugins declare (not imported until one is built)."""
     from fnmatch import fnmatch
 
-    return sorted(name for name in MIXERS if fnmatch(name, pattern))
+    return sorted(name for name in {*MIXERS, *plugins.available()} if fnmatch(name, pattern))
 
 
 def list_datasets() -> list[str]:

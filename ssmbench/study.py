@@ -61,12 +61,11 @@ from typing import Any
 
 import torch
 
-from model_zoo import build_model, make_config
+from model_zoo import build_model, list_models, make_config
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.checkpoints import CheckpointMeta, atomic_write_bytes, file_sha256, load, read_meta
 from model_zoo.config import ModelConfig, check_values
 from model_zoo.errors import RunError, UsageError, ZooError
-from model_zoo.layers import MIXERS
 from model_zoo.limits import SEED_RANGE
 from model_zoo.training import TrainConfig, TrainObserver, list_methods, read_history, seed_everything, train
 from model_zoo.training.trainer import BEST, LAST, STATE
@@ -97,7 +96,7 @@ class Grid:
     attention: tuple[bool, ...] = (False,)
 
     def __post_init__(self) -> None:
-        names = (("models", self.models, sorted(MIXERS)), ("methods", self.methods, list_methods()),
+        names = (("models", self.models, list_models()), ("methods", self.methods, list_methods()),
                  ("ads", self.ads, list(ADS_CHOICES)))
         for option, values, known in names:
             unknown = [str(v) for v in values if v not in known]
@@ -186,8 +185,8 @@ class StudyConfig:
         for option, value in (("aa_examples", self.aa_examples), ("eval_batch_size", self.eval_batch_size)):
             if value < 1:
                 raise UsageError(f"{option} must be >= 1, got {value}")
-        _check_overrides("[study.model]", {k: v for k, v in self.model.items() if k not in MIXERS})
-        for arch in sorted(set(self.model) & set(MIXERS)):
+        _check_overrides("[study.model]", {k: v for k, v in self.model.items() if k not in list_models()})
+        for arch in sorted(set(self.model) & set(list_models())):
             if not isinstance(self.model[arch], dict):
                 raise UsageError(f"[study.model.{arch}] must be a table of overrides, got {self.model[arch]!r}")
             _check_overrides(f"[study.model.{arch}]", self.model[arch])
@@ -208,7 +207,7 @@ class StudyConfig:
 
     def model_overrides(self, arch: str) -> dict[str, Any]:
         """The preset overrides for `arch`: the shared ones, then its own on top."""
-        shared = {key: value for key, value in self.model.items() if key not in MIXERS}
+        shared = {key: value for key, value in self.model.items() if key not in list_models()}
         return {**shared, **self.model.get(arch, {})}
 
     def run_dir(self, cell: Cell) -> Path:
@@ -658,9 +657,9 @@ def _count(n: int, noun: str) -> str:
 
 def _overrides_text(model: dict[str, Any]) -> str:
     """' with d_model = 64 (mamba: d_state = 16)' for the caption; '' without overrides."""
-    shared = ", ".join(f"{key} = {value}" for key, value in sorted(model.items()) if key not in MIXERS)
+    shared = ", ".join(f"{key} = {value}" for key, value in sorted(model.items()) if key not in list_models())
     own = "; ".join(f"{arch}: {', '.join(f'{k} = {v}' for k, v in sorted(model[arch].items()))}"
-                    for arch in sorted(set(model) & set(MIXERS)))
+                    for arch in sorted(set(model) & set(list_models())))
     text = f" with {shared}" if shared else ""
     return text + (f" ({own})" if own else "")
 

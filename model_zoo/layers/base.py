@@ -57,10 +57,13 @@ def register_mixer(
 
 
 def get_mixer(name: str) -> MixerSpec:
-    try:
-        return MIXERS[name]
-    except KeyError:
-        raise ZooError(f"unknown architecture {name!r}; choose one of {', '.join(sorted(MIXERS))}") from None
+    """The registered mixer `name`; on a miss, an installed plugin that declares it is imported first."""
+    from model_zoo import plugins  # plugins needs this registry; importing it here avoids the cycle
+
+    if name not in MIXERS and not plugins.load_mixer(name):
+        known = sorted({*MIXERS, *plugins.available()})
+        raise ZooError(f"unknown architecture {name!r}; choose one of {', '.join(known)}")
+    return MIXERS[name]
 
 
 class EvalCache:
