@@ -353,7 +353,9 @@ def robustbench_entries(rows: Sequence[ResultRow]) -> dict[str, dict[str, object
     One entry per model (family x checkpoint kind x eval eps) with an AutoAttack result, since
     RobustBench ranks by it. "reported" is our PGD-10 number (AutoAttack's when there is none);
     link, authors and venue are left empty for the model's authors to fill in, as in the files
-    RobustBench itself generates."""
+    RobustBench itself generates. Every field of RobustBench's model_info files is written
+    (`model_info/<dataset>/Linf/*.json` and the "flags" its leaderboard template reads), with
+    "unreliable" true when any of our sanity checks flagged the AutoAttack or PGD-10 result."""
     models: dict[tuple[TableKey, Family, str], dict[str, ResultRow]] = defaultdict(dict)
     for (table, family, kind, suite), row in newest_per_cell(rows).items():
         models[(table, family, kind)][suite] = row
@@ -383,10 +385,22 @@ def robustbench_entries(rows: Sequence[ResultRow]) -> dict[str, dict[str, object
             "clean_acc": str(percent(reported.clean_acc)),
             "reported": str(percent(reported.robust_acc)),
             "autoattack_acc": str(percent(aa.robust_acc)),
+            "external": _external(aa, by_suite.get("all")),
             "footnote": _footnote(aa, pgd),
+            "flags": sorted(set(aa.flags) | set(pgd.flags if pgd else ())),
             "unreliable": bool(aa.flags or (pgd is not None and pgd.flags)),
         }
     return entries
+
+
+def _external(aa: ResultRow, combined: ResultRow | None) -> str:
+    """RobustBench's "AA + external": the worst case of AutoAttack and other attacks, per example.
+
+    Our "all" suite is exactly that (PGD-10, then AutoAttack on what it left standing); it counts
+    only when it ran on the same examples as the AutoAttack result. "" (N/A) otherwise."""
+    if combined is None or combined.example_set != aa.example_set or combined.n_examples != aa.n_examples:
+        return ""
+    return str(percent(combined.robust_acc))
 
 
 def _footnote(aa: ResultRow, pgd: ResultRow | None) -> str:
