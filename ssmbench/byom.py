@@ -18,8 +18,10 @@ first test images, and what it cannot measure it refuses, one line each (`Contra
 
 What it can measure but should not pass silently becomes a flag recorded in the row:
 
-- `returned-in-train-mode`: the model came in train mode. It is evaluated in eval mode (the
-  RobustBench convention); the flag says that this may not be the model its author runs.
+- `returned-in-train-mode`: `benchmark()` was handed the model in train mode. It is evaluated in
+  eval mode (the RobustBench convention); the flag says that this may not be the model its author
+  runs. (`ssmbench eval module:callable` puts the fresh module in eval mode itself: PyTorch builds
+  every module in train mode, so there the mode says nothing.)
 - `random-forward`: two eval-mode forward passes differ (a randomized defense needs AutoAttack's
   rand version; deterministic attacks overstate it).
 

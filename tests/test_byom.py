@@ -82,7 +82,7 @@ def test_callable_target_and_benchmark_give_the_rows_of_the_zoo_model_built_the_
     assert by_callable.checkpoint_sha256 == by_benchmark.checkpoint_sha256 == tensors == weights_sha256(ssmbench.load(zoo_name))
     assert (by_callable.model, by_callable.arch, by_callable.dataset) == (spec, spec + f'{{"zoo_name": "{zoo_name}"}}', "digits")
     assert (by_benchmark.model, by_benchmark.arch) == ("mine", "mine") and benchmarked == by_benchmark
-    assert by_callable.flags == ("returned-in-train-mode",) and by_benchmark.flags == ()  # load() returns eval mode
+    assert by_callable.flags == by_benchmark.flags == ()  # eval puts a fresh module in eval mode; load() returns eval mode
     assert weights_sha256(ssmbench.load("s4-pgd-none-digits")) != tensors
 
 
@@ -201,7 +201,36 @@ def test_non_finite_outputs_are_refused_and_train_mode_and_randomness_flagged(tr
 def test_benchmark_records_contract_flags_and_refuses_before_computing(trained, tmp_path) -> None:
     results = tmp_path / "results.parquet"
     row = ssmbench.benchmark(_Noisy(trained), dataset="digits", n_examples=16, checks=None, leaderboard=results)
-    assert "random-forward" in row.flags and read(results) == [row] and row.arch == "_Noisy"
+    assert set(row.flags) == {"random-forward", "returned-in-train-mode"}  # a fresh module is in train mode
+    assert read(results) == [row] and row.arch == "_Noisy"
     with pytest.raises(ContractError):
         ssmbench.benchmark(_Scaled(trained, lambda z: z / 255), dataset="digits", n_examples=16, leaderboard=results)
     assert len(read(results)) == 1  # nothing recorded for the refused model
+
+
+def _readme_block(kind: str) -> str:
+    """The code block that follows `<!-- byom-example: KIND -->` in README.md, verbatim."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    after = text.split(f"<!-- byom-example: {kind} -->\n```{kind}\n", 1)[1]
+    return after.split("\n```\n", 1)[0] + "\n"
+
+
+def test_the_readmes_bring_your_own_model_example_runs_verbatim(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "mymodel.py").write_text(_readme_block("python"))
+    root = Path(__file__).resolve().parents[1]
+    # `python` and `ssmbench` are this interpreter and this checkout, whatever is on PATH.
+    script = 'python() { "$PYTHON" "$@"; }\nssmbench() { "$PYTHON" -m ssmbench "$@"; }\nset -e\n' + _readme_block("bash")
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "TinyCNN: clean" in done.stdout and "flags: none" in done.stdout
+    by_benchmark, by_callable = read(tmp_path / "my-results.parquet")
+    _same_measurement(by_callable, by_benchmark)
+    assert by_benchmark.checkpoint_sha256 == by_callable.checkpoint_sha256
+    assert by_benchmark.flags == by_callable.flags == () and by_benchmark.checks_run and by_callable.checks_run
+    assert (by_benchmark.arch, by_callable.arch, by_callable.n_examples) == ("TinyCNN", 'mymodel:build{"width": 16}', 128)

@@ -255,6 +255,10 @@ def _eval_user_model(
     model = build_user_model(spec, kwargs)
     if user.weights is not None:
         load_weights(model, user.weights)
+    # PyTorch builds every module in train mode, so a fresh one says nothing about its author's
+    # intent: the callable's model is evaluated in eval mode, unflagged (benchmark() flags a model
+    # that is handed over in train mode, since that one may have been used so).
+    model.eval()
     if options.compile:
         model.compile()
     arch = user.name or (spec + json.dumps(kwargs, sort_keys=True) if kwargs else spec)
