@@ -73,7 +73,7 @@ def plugin_of(name: str) -> Plugin | None:
     """The distribution (name, version) that provides mixer `name`, or None for a built-in one."""
     from model_zoo.layers.base import MIXERS
 
-    spec = MIXERS.get(name)
+    spec = MIXERS[name] if name in MIXERS else None
     if spec is not None and spec.cls.__module__.startswith(BUILTIN_PACKAGE):
         return None
     point = _entry_point(name)

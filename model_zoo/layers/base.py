@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from model_zoo.ads import ADS_CHOICES, build_ads
 from model_zoo.errors import ZooError
+from model_zoo.registries import Registry
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class MixerSpec:
     description: str
 
 
-MIXERS: dict[str, MixerSpec] = {}
+MIXERS: Registry[MixerSpec] = Registry("architecture", ZooError)
 
 
 def register_mixer(
@@ -46,14 +47,11 @@ def register_mixer(
     residual: the block adds the input back (Mega mixes the input into its own update gate).
     """
 
-    def decorate(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in MIXERS:
-            raise ZooError(f"mixer {name!r} registered twice")
+    def spec(cls: type[nn.Module]) -> MixerSpec:
         doc = (cls.__doc__ or "").strip().splitlines()
-        MIXERS[name] = MixerSpec(name, cls, causal, supports_ads, residual, doc[0] if doc else "")
-        return cls
+        return MixerSpec(name, cls, causal, supports_ads, residual, doc[0] if doc else "")
 
-    return decorate
+    return MIXERS.register(name, spec)
 
 
 def get_mixer(name: str) -> MixerSpec:

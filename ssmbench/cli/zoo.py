@@ -12,7 +12,7 @@ from rich.table import Table
 from model_zoo import zoo
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.checkpoints import file_sha256, load, read_meta, stored_values
-from model_zoo.config import PRESETS
+from model_zoo.datasets import list_datasets
 from model_zoo.errors import RunError, UsageError
 from model_zoo.labels import method_label
 from model_zoo.layers import get_mixer
@@ -64,7 +64,7 @@ def list_command() -> None:
         archs.add_row(name, "yes" if spec.causal else "no", "yes" if spec.supports_ads else "no", source, spec.description)
     console.print(archs)
     console.print(f"AdS options: {', '.join(ADS_CHOICES)}   attention: --attention on any architecture")
-    console.print(f"Dataset presets: {', '.join(PRESETS)}")
+    console.print(f"Dataset presets: {', '.join(list_datasets())}")
     entries = zoo.load_zoo()
     models = Table(title="Named checkpoints: accuracy % over its 95% Wilson interval; n = PGD-10/AutoAttack "
                    "test images (ssmbench zoo show NAME)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
