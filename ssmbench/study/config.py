@@ -15,19 +15,19 @@ from model_zoo.ads import ADS_CHOICES
 from model_zoo.config import ModelConfig, check_values
 from model_zoo.datasets import DEFAULT_DATASET
 from model_zoo.errors import UsageError, ZooError
-from model_zoo.layers import MIXERS
 from model_zoo.limits import SEED_RANGE
+from model_zoo.registry import list_models
 from model_zoo.training import METHODS, MethodParams, TrainConfig, list_methods
 from model_zoo.training.config import flat_keys
 from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, get_suite_spec
 from ssmbench.home import user_results
+from ssmbench.protocol import AUTOATTACK_EXAMPLES  # the paper's protocol, declared once
 
 if TYPE_CHECKING:  # a cell names its run directory; the grid module builds cells from a config
     from ssmbench.study.grid import Cell
 
 
-AUTOATTACK_EXAMPLES = 2000  # the paper's protocol: AutoAttack on the first 2000 test images
 # ModelConfig fields that the dataset or the grid decide; [study.model] cannot override them.
 _FIXED_MODEL_FIELDS = {"arch", "dataset", "ads", "attention", "channels", "height", "width", "classes"}
 
@@ -42,7 +42,7 @@ class Grid:
     attention: tuple[bool, ...] = (False,)
 
     def __post_init__(self) -> None:
-        names = (("models", self.models, sorted(MIXERS)), ("methods", self.methods, list_methods()),
+        names = (("models", self.models, list_models()), ("methods", self.methods, list_methods()),
                  ("ads", self.ads, list(ADS_CHOICES)))
         for option, values, known in names:
             unknown = [str(v) for v in values if v not in known]
@@ -101,8 +101,8 @@ class StudyConfig:
         for option, value in (("aa_examples", self.aa_examples), ("eval_batch_size", self.eval_batch_size)):
             if value < 1:
                 raise UsageError(f"{option} must be >= 1, got {value}")
-        _check_overrides("[study.model]", {k: v for k, v in self.model.items() if k not in MIXERS})
-        for arch in sorted(set(self.model) & set(MIXERS)):
+        _check_overrides("[study.model]", {k: v for k, v in self.model.items() if k not in list_models()})
+        for arch in sorted(set(self.model) & set(list_models())):
             if not isinstance(self.model[arch], dict):
                 raise UsageError(f"[study.model.{arch}] must be a table of overrides, got {self.model[arch]!r}")
             _check_overrides(f"[study.model.{arch}]", self.model[arch])
@@ -131,7 +131,7 @@ class StudyConfig:
 
     def model_overrides(self, arch: str) -> dict[str, Any]:
         """The preset overrides for `arch`: the shared ones, then its own on top."""
-        shared = {key: value for key, value in self.model.items() if key not in MIXERS}
+        shared = {key: value for key, value in self.model.items() if key not in list_models()}
         return {**shared, **self.model.get(arch, {})}
 
     def run_dir(self, cell: Cell) -> Path:
