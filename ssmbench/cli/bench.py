@@ -6,10 +6,10 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 import typer
 from rich.table import Table
 
+from model_zoo.devices import resolve_device
 from model_zoo.errors import UsageError
 from ssmbench.cli._common import console
 
@@ -20,15 +20,7 @@ DEFAULT_RESULTS = Path("benchmarks") / "results"
 
 
 def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: this torch build sees no CUDA device; use cpu")
-    return str(device)
+    return str(resolve_device(name))
 
 
 def bench_command(
@@ -40,6 +32,9 @@ def bench_command(
     threads: int = typer.Option(None, help="torch threads in each benchmark process (default: torch's own choice)."),
     memory_cap_gb: float = typer.Option(
         12.0, help="Address-space cap of each benchmark process on CPU (0: none); a side that needs more is reported as out of memory."
+    ),
+    baseline_commit: str = typer.Option(
+        None, help="Revision that the `commit` benchmark checks out into a temporary worktree and runs as its baseline (default: main before the speed work, benchmarks.runner.BASELINE_COMMIT)."
     ),
     list_only: bool = typer.Option(False, "--list", help="List the benchmarks and exit."),
 ) -> None:
@@ -62,7 +57,8 @@ def bench_command(
         benchmarks.get_benchmark(name)
     scale = "quick" if quick else "full"
     options = benchmarks.RunOptions(
-        device=_device(device), threads=threads, memory_cap_mb=int(memory_cap_gb * 1024) if memory_cap_gb else None
+        device=_device(device), threads=threads, memory_cap_mb=int(memory_cap_gb * 1024) if memory_cap_gb else None,
+        **({"baseline_commit": baseline_commit} if baseline_commit else {}),
     )
     with console.status("starting...") as status:
 

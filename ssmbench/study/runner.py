@@ -267,8 +267,9 @@ def _evaluate(
 
         try:
             settings = EvalSettings(
-                eps=config.eps, n_examples=n, batch_size=config.eval_batch_size, device=device, backend=config.backend,
-                version=config.aa_version, seed=cell.seed, checks=CheckConfig() if config.checks else None,
+                eps=config.train.threat.eps, n_examples=n, batch_size=config.eval_batch_size, device=device,
+                backend=config.backend, version=config.aa_version, seed=cell.seed,
+                checks=CheckConfig() if config.checks else None,
                 state_path=path.parent / f"eval-{kind}-{suite}.json",
             )
             results.append(evaluate(model, (images, labels), suite, settings, progress=progress))
@@ -282,8 +283,8 @@ def _evaluate(
 
 def _run_id(config: StudyConfig, cell: Cell, hashes: list[str]) -> str:
     """Stable for one cell's checkpoints and evaluation settings, so a rerun never records twice."""
-    key = json.dumps({"cell": cell.name, "checkpoints": hashes, "suites": config.suites, "eps": config.eps,
-                      "eval": config.eval_examples, "aa": config.aa_examples, "backend": config.backend,
+    key = json.dumps({"cell": cell.name, "checkpoints": hashes, "suites": config.suites, "eps": config.train.threat.eps,
+                      "eval": config.train.eval_examples, "aa": config.aa_examples, "backend": config.backend,
                       "version": config.aa_version, "seed": cell.seed}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
