@@ -58,20 +58,23 @@ class ComponentChange:
 def component_sites(model: nn.Module) -> list[ComponentSite]:
     """The analysable components of a SequenceClassifier, block by block."""
     sites: list[ComponentSite] = []
-    for index, block in enumerate(model.blocks):
-        mixer = block.mixer
+    for index, block in enumerate(model.get_submodule("blocks").children()):
+        mixer = block.get_submodule("mixer")
         if hasattr(mixer, "ads") and hasattr(mixer, "out_proj"):
-            sites.append(ComponentSite(index, "SSM", (mixer, "input"), (mixer.ads, "input")))
-            if isinstance(mixer.ads, AdaptiveScaling):
-                sites.append(ComponentSite(index, "AdS", (mixer.ads, "input"), (mixer.ads, "output")))
-            sites.append(ComponentSite(index, "Linear", (mixer.out_proj, "input"), (mixer.out_proj, "output")))
+            ads, out_proj = mixer.get_submodule("ads"), mixer.get_submodule("out_proj")
+            sites.append(ComponentSite(index, "SSM", (mixer, "input"), (ads, "input")))
+            if isinstance(ads, AdaptiveScaling):
+                sites.append(ComponentSite(index, "AdS", (ads, "input"), (ads, "output")))
+            sites.append(ComponentSite(index, "Linear", (out_proj, "input"), (out_proj, "output")))
         elif hasattr(mixer, "ema"):  # Mega: EMA, then gated attention over the EMA output
-            sites.append(ComponentSite(index, "EMA", (mixer, "input"), (mixer.ema, "output")))
-            sites.append(ComponentSite(index, "Gated attention", (mixer.ema, "output"), (mixer, "output")))
+            ema = mixer.get_submodule("ema")
+            sites.append(ComponentSite(index, "EMA", (mixer, "input"), (ema, "output")))
+            sites.append(ComponentSite(index, "Gated attention", (ema, "output"), (mixer, "output")))
         else:
             sites.append(ComponentSite(index, type(mixer).__name__.removesuffix("Mixer"), (mixer, "input"), (mixer, "output")))
-        if block.attention is not None:
-            sites.append(ComponentSite(index, "Attention", (block.attention, "input"), (block.attention, "output")))
+        attention = getattr(block, "attention", None)  # None: the block has no attention layer
+        if isinstance(attention, nn.Module):
+            sites.append(ComponentSite(index, "Attention", (attention, "input"), (attention, "output")))
     return sites
 
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -155,9 +156,10 @@ def evaluate(
             if first + workers.rank < len(batches):
                 start = batches[first + workers.rank]
                 end = min(start + batch_size, n)
-                result = runner.run(
-                    model, x[start:end].to(device), y[start:end].to(device), on_attack=lambda name, s=start: report(s, n, name)
-                )
+                def on_attack(name: str, start: int = start) -> None:
+                    report(start, n, name)
+
+                result = runner.run(model, x[start:end].to(device), y[start:end].to(device), on_attack=on_attack)
                 record = _record(result)
             records = [r for r in distributed.gather_objects(record) if r is not None]
             state.add(records, time.perf_counter() - began, write=workers.is_main)
@@ -223,7 +225,7 @@ def _unbits(text: str) -> torch.Tensor:
     return torch.tensor([char == "1" for char in text], dtype=torch.bool)
 
 
-def _record(result: SuiteResult) -> dict[str, object]:
+def _record(result: SuiteResult) -> dict[str, Any]:
     """One batch's flags as the state file keeps them (compact, and cheap to gather across ranks)."""
     return {
         "clean": _bits(result.clean),
@@ -240,13 +242,13 @@ class _State:
     split evenly between the batches that ran side by side in it.
     """
 
-    def __init__(self, path: Path | None, fingerprint: dict[str, object], batches: list[dict[str, object]]) -> None:
+    def __init__(self, path: Path | None, fingerprint: dict[str, Any], batches: list[dict[str, Any]]) -> None:
         self.path = path
         self.fingerprint = fingerprint
         self.batches = batches
 
     @classmethod
-    def open(cls, path: str | Path | None, fingerprint: dict[str, object]) -> _State:
+    def open(cls, path: str | Path | None, fingerprint: dict[str, Any]) -> _State:
         if path is None:
             return cls(None, fingerprint, [])
         path = Path(path)
@@ -270,7 +272,7 @@ class _State:
     def seconds(self) -> float:
         return sum(float(batch["seconds"]) for batch in self.batches)
 
-    def add(self, records: list[dict[str, object]], seconds: float, write: bool = True) -> None:
+    def add(self, records: list[dict[str, Any]], seconds: float, write: bool = True) -> None:
         """Append the next batches (in example order), which together took `seconds`."""
         self.batches.extend({**record, "seconds": seconds / len(records)} for record in records)
         if write and self.path is not None:

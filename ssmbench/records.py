@@ -116,12 +116,20 @@ def labelled_row(
 
 
 class Measured(Protocol):
-    """What an EvalResult and a ResultRow both say about one evaluation."""
+    """What an EvalResult and a ResultRow both say about one evaluation (read-only: a row is frozen,
+    a result derives its accuracies)."""
 
-    clean_acc: float
-    robust_acc: float
-    n_examples: int
-    eps: float
+    @property
+    def clean_acc(self) -> float: ...
+
+    @property
+    def robust_acc(self) -> float: ...
+
+    @property
+    def n_examples(self) -> int: ...
+
+    @property
+    def eps(self) -> float: ...
 
 
 def zoo_metrics(pgd10: Measured, autoattack: Measured) -> dict[str, float]:

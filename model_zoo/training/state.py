@@ -13,7 +13,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -83,7 +83,7 @@ def save_state(
     if torch.cuda.is_available():
         generator_states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     _flatten("rng.", generator_states, tensors, complex_names)
-    numpy_state = np.random.get_state()
+    numpy_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))  # legacy=True: the tuple form
     document = {
         "format": STATE_FORMAT,
         "config": config.to_dict(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,8 +59,9 @@ def bench_command(
     scale = "quick" if quick else "full"
     options = benchmarks.RunOptions(
         device=_device(device), threads=threads, memory_cap_mb=int(memory_cap_gb * 1024) if memory_cap_gb else None,
-        **({"baseline_commit": baseline_commit} if baseline_commit else {}),
     )
+    if baseline_commit:
+        options = dataclasses.replace(options, baseline_commit=baseline_commit)
     with console.status("starting...") as status:
 
         def show(case: str, side: str) -> None:

@@ -6,6 +6,7 @@ with a rich observer, then prints the paper-style table and writes it to <out>/R
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ class _RichObserver(StudyObserver):
         self.work = progress.add_task("", total=None, visible=False)
         self.counted: set[Cell] = set()
 
-    def on_study_start(self, cells: list[CellStatus], skipped: list[Skipped]) -> None:
+    def on_study_start(self, cells: Sequence[CellStatus], skipped: Sequence[Skipped]) -> None:
         self.counted = {s.cell for s in cells if s.status in (PENDING, RUNNING)}
         finished = len(cells) - len(self.counted)
         # The bar counts only the cells left to run, so its ETA is not skewed by instant skips.
@@ -93,7 +94,9 @@ class _RichObserver(StudyObserver):
         if outcome.ran:
             self.progress.advance(self.cells)
         elif outcome.cell in self.counted:  # finished or taken by another runner meanwhile
-            self.progress.update(self.cells, total=self.progress.tasks[self.cells].total - 1)
+            total = self.progress.tasks[self.cells].total
+            if total is not None:  # on_study_start set it
+                self.progress.update(self.cells, total=total - 1)
         if outcome.status == DONE:
             self.progress.console.print(f"  done in {outcome.seconds:.0f} s: {_summary(outcome)}; {len(outcome.rows)} rows in "
                                         f"{self.leaderboard}", markup=False, soft_wrap=True)

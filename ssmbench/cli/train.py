@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from model_zoo import build_model
@@ -49,7 +49,7 @@ class _RichObserver(TrainObserver):
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
-        self.task: int | None = None
+        self.task: TaskID | None = None
 
     def on_epoch_start(self, epoch: int, epochs: int, samples: int) -> None:
         if self.task is not None:
@@ -57,10 +57,12 @@ class _RichObserver(TrainObserver):
         self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=samples)
 
     def on_batch(self, done: int, total: int, samples: int) -> None:
-        self.progress.update(self.task, completed=done)
+        if self.task is not None:
+            self.progress.update(self.task, completed=done)
 
     def on_eval_start(self, epoch: int, examples: int) -> None:
-        self.progress.update(self.task, description=f"epoch {epoch} eval ({examples} test images, PGD-10)")
+        if self.task is not None:
+            self.progress.update(self.task, description=f"epoch {epoch} eval ({examples} test images, PGD-10)")
 
     def on_epoch(self, record: EpochRecord, is_best: bool) -> None:
         self.progress.console.print(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich import box
+from rich.progress import TaskID
 from rich.table import Table
 
 from model_zoo import zoo
@@ -137,7 +138,7 @@ def _measure(
         for suite, n in (("pgd10", len(images)), ("autoattack", min(aa_examples, len(images)))):
             task = bar.add_task(suite, total=n)
 
-            def show(done: int, total: int, attack: str, task: int = task, suite: str = suite) -> None:
+            def show(done: int, total: int, attack: str, task: TaskID = task, suite: str = suite) -> None:
                 bar.update(task, completed=done, description=suite + (f" ({attack})" if attack else ""))
 
             try:

@@ -98,9 +98,9 @@ class StudyConfig:
             isinstance(seed, int) and not isinstance(seed, bool) and SEED_RANGE[0] <= seed <= SEED_RANGE[1] for seed in self.seeds
         ):
             raise UsageError(f"seeds must list distinct integers in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], e.g. [0, 1, 2]; got {list(self.seeds)}")
-        for option, value in (("aa_examples", self.aa_examples), ("eval_batch_size", self.eval_batch_size)):
-            if value < 1:
-                raise UsageError(f"{option} must be >= 1, got {value}")
+        for option, count in (("aa_examples", self.aa_examples), ("eval_batch_size", self.eval_batch_size)):
+            if count < 1:
+                raise UsageError(f"{option} must be >= 1, got {count}")
         _check_overrides("[study.model]", {k: v for k, v in self.model.items() if k not in list_models()})
         for arch in sorted(set(self.model) & set(list_models())):
             if not isinstance(self.model[arch], dict):
