@@ -49,6 +49,8 @@ def test_parameter_counts_at_the_mnist_preset() -> None:
     for options in ({}, DSS_RELEASED):
         assert trainable(build_model("dss", "mnist", mixer_options=options)) == 44_106
         assert trainable(build_model("dss", "mnist", ads="tanh", mixer_options=options)) == 110_154
+    # The reference's separate dt for Re and Im: one more dt per channel and layer (2 x 128).
+    assert trainable(build_model("dss", "mnist", mixer_options={"sep_dt_re_im": True})) == 44_106 + 2 * 128
 
 
 def perturbed_shared_s4(d_model: int, d_state: int, n_ssm: int, seed: int) -> S4Mixer:
@@ -111,7 +113,10 @@ def dss_reference(dt: torch.Tensor, lam: torch.Tensor, w: torch.Tensor, length: 
     """K[h, l] = Re sum_n W/Lambda * (e^x - 1) / (e^{xL} - 1) * e^{x l}, x = dt_h Lambda_n, as the
     released code evaluates it: for Re x > 0 numerator and sum are divided by e^{x (L-1)}, and
     that shift is a constant (no_grad) when `detach`."""
-    x = dt[:, None] * lam
+    if dt.dim() == 1:
+        x = dt[:, None] * lam
+    else:  # sep_dt_re_im: the real part scaled by dt[:, 0], the imaginary part by dt[:, 1]
+        x = dt[:, 0, None] * lam.real + 1j * (dt[:, 1, None] * lam.imag)
     growing = x.real > 0
     shift = torch.where(growing, x * (length - 1), torch.zeros_like(x))
     if detach:
@@ -129,10 +134,15 @@ def dss_with_growing_modes(options: dict) -> DSSMixer:
         layer.lam[0, 0] = 0.7  # Re(Lambda) > 0: the shifted branch
         layer.lam[2, 0] = 0.05
         layer.log_dt[1] = math.log(0.4)
+        if layer.log_dt.dim() == 2:  # separate dt: make the two parts differ in every channel
+            layer.log_dt[:, 1] += torch.tensor([0.9, -1.3, 0.4], dtype=torch.float64)
     return layer
 
 
-@pytest.mark.parametrize("options", [{}, DSS_RELEASED], ids=["default", "released"])
+DT_MODES = [{}, DSS_RELEASED, {"sep_dt_re_im": True}, {**DSS_RELEASED, "sep_dt_re_im": True}]
+
+
+@pytest.mark.parametrize("options", DT_MODES, ids=["default", "released", "sep-dt", "released-sep-dt"])
 def test_dss_kernel_equals_the_reference_formula(options: dict) -> None:
     layer = dss_with_growing_modes(options)
     system = layer.diagonal_system()
@@ -157,6 +167,21 @@ def test_dss_gradient_through_the_max_shift(detach: bool) -> None:
     growing = (layer.lam[:, 0] > 0).detach()
     assert not torch.allclose(got[growing], other.lam.grad[growing])
     torch.testing.assert_close(got[~growing], other.lam.grad[~growing])
+
+
+def test_dss_separate_dt_starts_tied_and_trains_both_parts() -> None:
+    """At init both parts share one dt (the reference tiles it), so the kernel equals the tied
+    layer's; the gradient then reaches dt_re and dt_im apart."""
+    torch.manual_seed(5)
+    tied = DSSMixer(4, 8).double()
+    torch.manual_seed(5)
+    separate = DSSMixer(4, 8, sep_dt_re_im=True).double()
+    assert separate.log_dt.shape == (4, 2)
+    torch.testing.assert_close(separate.log_dt[:, 0], separate.log_dt[:, 1], rtol=0, atol=0)
+    torch.testing.assert_close(separate.kernel(50), tied.kernel(50), rtol=1e-12, atol=1e-14)
+    separate.kernel(50).sin().sum().backward()
+    grad = separate.log_dt.grad
+    assert grad.shape == (4, 2) and (grad[:, 0] - grad[:, 1]).abs().min() > 0
 
 
 def test_dss_w_init_legs_b_is_complex_normal_times_legs_b() -> None:
@@ -188,6 +213,8 @@ def test_unknown_mixer_options_are_refused_with_the_valid_ones() -> None:
         ("dss", {}, "dss"),
         ("dss", DSS_RELEASED, "dss (released)"),
         ("dss", {"detach_max": True}, "dss (detached max)"),
+        ("dss", {"sep_dt_re_im": True}, "dss (separate dt re/im)"),
+        ("dss", {**DSS_RELEASED, "sep_dt_re_im": True}, "dss (released, separate dt re/im)"),
         ("s4d", {}, "s4d"),
     ],
 )

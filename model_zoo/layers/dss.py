@@ -13,6 +13,10 @@ and both are options (`mixer_options={"w_init": "legs_b", "detach_max": True}` i
 W's initialization (there W = C B with C ~ CN(0, 1) and B the LegS input vector in the eigenbasis,
 here W ~ N(0, 1) per real part) and the max-shift of a growing mode's softmax, which the released
 code computes under no_grad (a biased gradient for Re(Lambda) > 0; here the true one by default).
+The DSS reference (ag1988/dss) also offers a separate dt for the real and the imaginary part of
+Lambda (`sep_dt_re_im`, x = dt_re Re(Lambda) + i dt_im Im(Lambda), both started at the same value);
+the study's state-spaces kernel ties them (one dt per channel), which is this layer's default, and
+`sep_dt_re_im=True` is the reference's other mode (d_model more parameters per layer).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from model_zoo.layers.s4 import legs_nplr
 def dss_softmax_kernel(
     dt: torch.Tensor, lam: torch.Tensor, w: torch.Tensor, length: int, detach_max: bool = False
 ) -> torch.Tensor:
-    """Real DSS_softmax kernel (H, length) for dt (H,), Lambda (N/2,), W (H, N/2).
+    """Real DSS_softmax kernel (H, length) for dt (H,) or (H, 2), Lambda (N/2,), W (H, N/2).
 
     The softmax is evaluated in closed form, stably for both signs of Re(x), x = dt Lambda:
     Re(x) <= 0: exp(x l) / S with 1/S = expm1(x) / expm1(x L);
@@ -40,7 +44,7 @@ def dss_softmax_kernel(
     The value does not depend on the shift; its gradient does when the shift is detached
     (detach_max, as the released code does): then the -(L-1) term of d shift / dx is dropped.
     """
-    x = dt[:, None] * lam  # (H, N/2)
+    x = dss_rates(dt, lam)  # (H, N/2)
     growing = x.real > 0
     decaying = torch.where(growing, -x, x)
     inv_sum = torch.expm1(decaying) / torch.expm1(decaying * length)
@@ -48,6 +52,13 @@ def dss_softmax_kernel(
     if detach_max:
         shift = shift.detach()
     return real_vandermonde(w / lam * inv_sum, x, shift, length)
+
+
+def dss_rates(dt: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """x = dt Lambda (H, N/2): dt (H,) scales both parts; dt (H, 2) scales Re and Im apart (sep_dt_re_im)."""
+    if dt.dim() == 1:
+        return dt[:, None] * lam
+    return torch.complex(dt[:, :1] * lam.real, dt[:, 1:] * lam.imag)
 
 
 def real_vandermonde(coef: torch.Tensor, x: torch.Tensor, shift: torch.Tensor, length: int) -> torch.Tensor:
@@ -94,15 +105,19 @@ class DSSMixer(SSMMixer):
         dt_max: float = 1e-1,
         w_init: str = "normal",
         detach_max: bool = False,
+        sep_dt_re_im: bool = False,
     ) -> None:
         super().__init__(d_model, d_model, ads)
         if w_init not in W_INITS:
             raise ZooError(f"unknown DSS w_init {w_init!r}; choose one of {', '.join(W_INITS)}")
         if not isinstance(detach_max, bool):
             raise ZooError(f"DSS detach_max must be true or false, got {detach_max!r}")
+        if not isinstance(sep_dt_re_im, bool):
+            raise ZooError(f"DSS sep_dt_re_im must be true or false, got {sep_dt_re_im!r}")
         self.detach_max = detach_max
         init = legs_nplr(d_state)
-        self.log_dt = nn.Parameter(log_dt_init(d_model, dt_min, dt_max))
+        log_dt = log_dt_init(d_model, dt_min, dt_max)
+        self.log_dt = nn.Parameter(log_dt[:, None].repeat(1, 2) if sep_dt_re_im else log_dt)
         self.lam = nn.Parameter(torch.view_as_real(init.lam.to(torch.complex64)).clone())
         self.w = nn.Parameter(W_INITS[w_init](d_model, init.b))
         self.d = nn.Parameter(torch.randn(d_model))
@@ -111,12 +126,13 @@ class DSSMixer(SSMMixer):
     def variant_name(options: dict[str, Any]) -> str:
         """'released' for the seed study's configuration, else the non-default options, else ''."""
         b_init, detached = options.get("w_init", "normal") == "legs_b", options.get("detach_max", False) is True
+        separate = ["separate dt re/im"] * (options.get("sep_dt_re_im", False) is True)
         if b_init and detached:
-            return "released"
-        return ", ".join(["W=CB init"] * b_init + ["detached max"] * detached)
+            return ", ".join(["released", *separate])
+        return ", ".join(["W=CB init"] * b_init + ["detached max"] * detached + separate)
 
     def diagonal_system(self) -> dict[str, torch.Tensor]:
-        """dt (H,), Lambda (N/2,) and W (H, N/2) that define the kernel."""
+        """dt (H,) or (H, 2) with sep_dt_re_im, Lambda (N/2,) and W (H, N/2) that define the kernel."""
         return {
             "dt": torch.exp(self.log_dt),
             "lam": torch.view_as_complex(self.lam),
