@@ -93,6 +93,7 @@ def evaluate(
     version: str = "standard",
     checks: CheckConfig | None = CheckConfig(),
     state_path: str | Path | None = None,
+    norm: str = "linf",
 ) -> EvalResult:
     """Run `suite` at `eps` on the first `n_examples` (default: all) of images/labels.
 
@@ -105,7 +106,7 @@ def evaluate(
     waits in a collective while they run.
     """
     n = _validate(images, labels, n_examples, batch_size)
-    settings = AttackSettings(eps, backend, version, seed)
+    settings = AttackSettings(eps, backend, version, seed, norm)
     runner = build_suite(suite, settings)
     device = torch.device(device) if device is not None else default_device()
     model = model.to(device)
@@ -154,6 +155,7 @@ def evaluate(
         seed=seed,
         wall_seconds=state.seconds + time.perf_counter() - began,
         labels_sha256=labels_sha256(y),
+        threat_model=settings.threat_model,
         check_examples=0 if checks is None else min(checks.n_examples, n),
     )
 
@@ -180,6 +182,7 @@ def _fingerprint(
         "format": STATE_FORMAT,
         "suite": label,
         "eps": settings.eps,
+        "norm": settings.norm,
         "backend": settings.backend,
         "seed": settings.seed,
         "batch_size": batch_size,

@@ -41,10 +41,18 @@ class AttackSettings:
     backend: str = "official"
     version: str = "standard"
     seed: int = 0
+    norm: str = "linf"  # a key of model_zoo.training.perturb.NORMS
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.eps <= 1.0:
-            raise UsageError(f"eps must be in [0, 1] for images in [0, 1], got {self.eps}")
+        if self.norm not in perturb.NORMS:
+            raise UsageError(f"unknown norm {self.norm!r}; choose one of {', '.join(perturb.NORMS)}")
+        if not 0.0 <= self.eps <= (1.0 if self.norm == "linf" else float("inf")) or self.eps != self.eps:
+            raise UsageError(f"eps must be in [0, 1] (Linf, images in [0, 1]) or >= 0 (L2), got {self.eps}")
+
+    @property
+    def threat_model(self) -> str:
+        """The norm as results record it: 'Linf' or 'L2'."""
+        return perturb.NORMS[self.norm].name
         if self.backend not in BACKENDS:
             raise UsageError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.version not in AUTOATTACK_VERSIONS:
@@ -87,8 +95,9 @@ class Attack(ABC):
     name: str = "attack"
     black_box: bool = False  # uses only the model's outputs (the check 'black box beats white box' needs this)
 
-    def __init__(self, eps: float) -> None:
+    def __init__(self, eps: float, norm: str = "linf") -> None:
         self.eps = eps
+        self.norm = norm
 
     @abstractmethod
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -102,6 +111,6 @@ class Attack(ABC):
         x = x.detach().float()
         y = y.detach()
         with eval_mode(model), torch.autocast(device_type=x.device.type, enabled=False):
-            x_adv = perturb.project(self.perturb(model, x, y).detach().float(), x, self.eps)
+            x_adv = perturb.get_norm(self.norm).project(self.perturb(model, x, y).detach().float(), x, self.eps)
             success = predict(model, x_adv) != y
         return AttackResult(x_adv, success, self.warnings())

@@ -125,9 +125,9 @@ def register_suite(name: str, description: str, uses_autoattack: bool) -> Callab
     return decorate
 
 
-@register_suite("pgd10", "PGD, 10 steps of eps/4 from one uniform random start (the paper's PGD-10)", False)
+@register_suite("pgd10", "PGD, 10 steps (Linf: eps/4 from one uniform random start, the paper's PGD-10; L2: 2.5 eps / 10)", False)
 def _pgd10(settings: AttackSettings) -> tuple[Attack, ...]:
-    return (PGD(settings.eps, steps=10, seed=settings.seed, name="pgd10"),)
+    return (PGD(settings.eps, steps=10, seed=settings.seed, name="pgd10", norm=settings.norm),)
 
 
 @register_suite("autoattack", "AutoAttack (APGD-CE, APGD-T, FAB-T, Square for 'standard')", True)

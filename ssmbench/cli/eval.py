@@ -23,7 +23,9 @@ from torch import nn
 
 from model_zoo.checkpoints import CheckpointMeta, file_sha256, read_meta
 from model_zoo.errors import RunError, UsageError
+from model_zoo.limits import MAX_EPS
 from model_zoo.training import distributed
+from model_zoo.training.perturb import NORMS
 from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES, get_suite_spec
 from ssmbench.checks import FLAGS, CheckConfig
@@ -112,7 +114,7 @@ def _per_attack_line(item: _Evaluated) -> str:
 def _render(target: str, items: list[_Evaluated]) -> None:
     attacks = list(dict.fromkeys(name for item in items for name in item.result.per_attack))
     first = items[0].result
-    table = Table(title=f"{target}: {first.suite}, Linf eps = {first.eps:.5g} (accuracy %, robust after each attack)",
+    table = Table(title=f"{target}: {first.suite}, {first.threat_model} eps = {first.eps:.5g} (accuracy %, robust after each attack)",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for column in ("ckpt", "n", "clean", *attacks, "robust", "flags", "s"):  # fits 80 columns with AutoAttack's 4 parts
         table.add_column(column, justify="left" if column in ("ckpt", "flags") else "right", no_wrap=column != "flags")
@@ -149,7 +151,8 @@ def eval_command(
     target: str = typer.Argument(..., help="A .safetensors checkpoint, a zoo name, or a run directory (then best and last are evaluated and Diff = best - last is shown)."),
     attack: str = typer.Option("pgd10", "--attack", help=f"Attack suite: {' | '.join(SUITES)} (all = pgd10, then AutoAttack on what PGD-10 left standing)."),
     n_examples: int = typer.Option(None, help=f"Evaluate the first N test images. Default, the paper's protocol: {AUTOATTACK_EXAMPLES} (or the whole split if smaller) for autoattack and all, the whole test set for pgd10."),
-    eps: str = typer.Option("8/255", help="Linf radius on [0, 1] images, e.g. 8/255 or 0.03."),
+    eps: str = typer.Option("8/255", help="Radius of the threat model's ball on [0, 1] images, e.g. 8/255 (Linf) or 0.5 (L2)."),
+    norm: str = typer.Option("linf", help=f"Threat model's norm: {' | '.join(NORMS)} (L2 PGD steps 2.5 eps / 10; AutoAttack's L2 version in both backends)."),
     backend: str = typer.Option("official", help="AutoAttack implementation: official (the authors' code, pyautoattack) | torchattacks (its reimplementation, run with the same 100-iteration, 9-target budget)."),
     batch_size: int = typer.Option(256, help="Examples per batch; each batch runs the whole suite."),
     version: str = typer.Option("standard", help="AutoAttack version: standard | plus | rand (rand for randomized models)."),
@@ -174,13 +177,15 @@ def eval_command(
     suite = _choose(attack, list(SUITES), "--attack")
     _choose(backend, BACKENDS, "--backend")
     _choose(version, AUTOATTACK_VERSIONS, "--version")
-    radius = parse_fraction(eps, "--eps")
+    _choose(norm, list(NORMS), "--norm")
+    radius = parse_fraction(eps, "--eps", maximum=MAX_EPS if norm == "linf" else None)
     for option, value in (("--n-examples", n_examples), ("--batch-size", batch_size), ("--check-examples", check_examples)):
         if value is not None and value < 1:
             raise UsageError(f"{option} must be >= 1, got {value}")
     check_seed(seed)
     device = None if device is None else str(parse_device(device))
-    options = _Options(suite, radius, batch_size, device, backend, seed, version, CheckConfig(n_examples=check_examples) if checks else None, state_dir, compile_model)
+    options = _Options(suite, radius, batch_size, device, backend, seed, version, CheckConfig(n_examples=check_examples) if checks else None, state_dir,
+                       compile_model, norm)
     run_id = uuid.uuid4().hex[:12]
     evaluated: list[_Evaluated] = []
     rows: list[ResultRow] = []
@@ -227,6 +232,7 @@ class _Options:
     checks: CheckConfig | None
     state_dir: Path | None
     compile: bool = False
+    norm: str = "linf"
 
 
 def _evaluate_checkpoint(
@@ -244,7 +250,7 @@ def _evaluate_checkpoint(
     if n > len(images):
         raise UsageError(f"--n-examples {n} exceeds the {len(images)} test images of {meta.config.dataset}")
     key = {"suite": options.suite, "version": options.version, "eps": options.eps, "n": n, "backend": options.backend,
-           "seed": options.seed, "batch_size": options.batch_size}
+           "seed": options.seed, "batch_size": options.batch_size, **({"norm": options.norm} if options.norm != "linf" else {})}
     label = f"{meta.kind or name} {options.suite}"
     with progress_bar(decimals=1, disable=not distributed.current().is_main) as bar:
         task = bar.add_task(label, total=n)
@@ -256,7 +262,7 @@ def _evaluate_checkpoint(
             result = evaluate(
                 model, images, labels, options.suite, options.eps, n, options.batch_size, options.device, options.backend,
                 options.seed, show, version=options.version, checks=options.checks,
-                state_path=_state_path(options.state_dir, sha256, key),
+                state_path=_state_path(options.state_dir, sha256, key), norm=options.norm,
             )
         except RunError:
             raise
