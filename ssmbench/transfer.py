@@ -118,12 +118,13 @@ def plot_matrix(matrix: TransferMatrix, path: Path) -> None:
     count, n = len(matrix.names), matrix.n_examples
     values = matrix.robust.float().mean(dim=2).numpy() * 100
     figure, ax = plt.subplots(figsize=(1.25 * count + 3, 1.0 * count + 2))
-    image = ax.imshow(values, vmin=0, vmax=100, cmap="viridis")
+    floor = max(0.0, 10 * (float(values.min()) // 10) - 10)  # the colours spread over the range that occurs
+    image = ax.imshow(values, vmin=floor, vmax=100, cmap="viridis")
     for s in range(count):
         for t in range(count):
             low, high = wilson(int(matrix.robust[s, t].sum()), n)
             ax.text(t, s, f"{values[s, t]:.1f}\n({100 * low:.0f}-{100 * high:.0f})", ha="center", va="center", fontsize=6.5,
-                    color="white" if values[s, t] < 60 else "black", fontweight="bold" if s == t else "normal")
+                    color="white" if values[s, t] < (floor + 100) / 2 else "black", fontweight="bold" if s == t else "normal")
     ax.set_xticks(range(count), matrix.names, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(count), matrix.names, fontsize=7)
     ax.set_xlabel("target (measured)")

@@ -48,15 +48,15 @@ class AttackSettings:
             raise UsageError(f"unknown norm {self.norm!r}; choose one of {', '.join(perturb.NORMS)}")
         if not 0.0 <= self.eps <= (1.0 if self.norm == "linf" else float("inf")) or self.eps != self.eps:
             raise UsageError(f"eps must be in [0, 1] (Linf, images in [0, 1]) or >= 0 (L2), got {self.eps}")
+        if self.backend not in BACKENDS:
+            raise UsageError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.version not in AUTOATTACK_VERSIONS:
+            raise UsageError(f"unknown AutoAttack version {self.version!r}; choose one of {', '.join(AUTOATTACK_VERSIONS)}")
 
     @property
     def threat_model(self) -> str:
         """The norm as results record it: 'Linf' or 'L2'."""
         return perturb.NORMS[self.norm].name
-        if self.backend not in BACKENDS:
-            raise UsageError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        if self.version not in AUTOATTACK_VERSIONS:
-            raise UsageError(f"unknown AutoAttack version {self.version!r}; choose one of {', '.join(AUTOATTACK_VERSIONS)}")
 
 
 @dataclass(frozen=True)
