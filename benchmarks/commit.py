@@ -63,7 +63,7 @@ EPOCH_CASES = (("s4", "none"), ("s4", "tanh"), ("dss", "none"), ("mamba", "none"
 FWD_BWD_CASES = (("s4", "none"), ("dss", "none"), ("dss", "tanh"), ("s4d", "none"), ("s5", "none"),
                  ("mamba", "none"), ("mega", "none"))
 SCALES = {
-    "full": CommitScale(EPOCH_CASES, (64, 256), FWD_BWD_CASES, autoattack_examples=16),
+    "full": CommitScale(EPOCH_CASES, (64, 256), FWD_BWD_CASES, autoattack_examples=8),
     "quick": CommitScale(EPOCH_CASES[:2], (64,), FWD_BWD_CASES[:3], autoattack_examples=4, train_examples=256,
                          fwd_bwd_repeats=1),
     # Seconds: the plumbing of both sides, with a radius so large that APGD-CE breaks every point.
