@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 from typing import Any
 
+from model_zoo import plugins
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.classifier import SequenceClassifier
 from model_zoo.config import ModelConfig, preset
@@ -15,10 +16,11 @@ from model_zoo.layers import MIXERS, get_mixer
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered architecture names matching a glob pattern, sorted."""
+    """Architecture names matching a glob pattern, sorted: the registered ones and those that
+    installed plugins declare (not imported until one is built)."""
     from fnmatch import fnmatch
 
-    return sorted(name for name in MIXERS if fnmatch(name, pattern))
+    return sorted(name for name in {*MIXERS, *plugins.available()} if fnmatch(name, pattern))
 
 
 def make_config(
@@ -29,7 +31,7 @@ def make_config(
     if ads not in ADS_CHOICES:
         raise ZooError(f"unknown AdS option {ads!r}; choose one of {', '.join(ADS_CHOICES)}")
     if ads != "none" and not spec.supports_ads:
-        ads_archs = ", ".join(name for name in list_models() if MIXERS[name].supports_ads)
+        ads_archs = ", ".join(name for name in sorted(MIXERS) if MIXERS[name].supports_ads)
         raise ZooError(f"{arch} has no AdS (it has its own attention); AdS works with {ads_archs}")
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = set(overrides) - fields

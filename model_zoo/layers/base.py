@@ -55,7 +55,13 @@ def register_mixer(
 
 
 def get_mixer(name: str) -> MixerSpec:
-    return MIXERS.get(name)
+    """The registered mixer `name`; on a miss, an installed plugin that declares it is imported first."""
+    from model_zoo import plugins  # plugins needs this registry; importing it here avoids the cycle
+
+    if name not in MIXERS and not plugins.load_mixer(name):
+        known = sorted({*MIXERS, *plugins.available()})
+        raise ZooError(f"unknown architecture {name!r}; choose one of {', '.join(known)}")
+    return MIXERS[name]
 
 
 class SSMMixer(nn.Module):

@@ -15,34 +15,39 @@ from model_zoo.ads import ADS_CHOICES
 from model_zoo.config import ModelConfig, check_values
 from model_zoo.datasets import DEFAULT_DATASET
 from model_zoo.errors import UsageError, ZooError
-from model_zoo.layers import MIXERS
 from model_zoo.limits import SEED_RANGE
+from model_zoo.registry import list_models
 from model_zoo.training import METHODS, MethodParams, TrainConfig, list_methods
 from model_zoo.training.config import flat_keys
 from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, get_suite_spec
 from ssmbench.home import user_results
+from ssmbench.protocol import AUTOATTACK_EXAMPLES  # the paper's protocol, declared once
 
 if TYPE_CHECKING:  # a cell names its run directory; the grid module builds cells from a config
     from ssmbench.study.grid import Cell
 
 
-AUTOATTACK_EXAMPLES = 2000  # the paper's protocol: AutoAttack on the first 2000 test images
 # ModelConfig fields that the dataset or the grid decide; [study.model] cannot override them.
 _FIXED_MODEL_FIELDS = {"arch", "dataset", "ads", "attention", "channels", "height", "width", "classes"}
 
 
 @dataclass(frozen=True)
 class Grid:
-    """One cartesian product of cells: every model x method x AdS x attention."""
+    """One cartesian product of cells: every model x method x AdS x attention x seed.
+
+    seeds: this grid's seeds; empty = the study's. A protocol can then train its headline cells
+    with three seeds and the rest of the grid with one, in one file.
+    """
 
     models: tuple[str, ...]
     methods: tuple[str, ...]
     ads: tuple[str, ...] = ("none",)
     attention: tuple[bool, ...] = (False,)
+    seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        names = (("models", self.models, sorted(MIXERS)), ("methods", self.methods, list_methods()),
+        names = (("models", self.models, list_models()), ("methods", self.methods, list_methods()),
                  ("ads", self.ads, list(ADS_CHOICES)))
         for option, values, known in names:
             unknown = [str(v) for v in values if v not in known]
@@ -50,6 +55,16 @@ class Grid:
                 raise UsageError(f"grid {option}: unknown or missing {', '.join(unknown)}; choose from {', '.join(known)}")
         if not self.attention or not all(isinstance(v, bool) for v in self.attention):
             raise UsageError(f"grid attention must list true and/or false, got {list(self.attention)}")
+        if self.seeds:
+            check_seeds("grid seeds", self.seeds)
+
+
+def check_seeds(option: str, seeds: tuple[int, ...]) -> None:
+    """Distinct integers in the zoo's seed range, at least one."""
+    if not seeds or len(set(seeds)) != len(seeds) or not all(
+        isinstance(seed, int) and not isinstance(seed, bool) and SEED_RANGE[0] <= seed <= SEED_RANGE[1] for seed in seeds
+    ):
+        raise UsageError(f"{option} must list distinct integers in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], e.g. [0, 1, 2]; got {list(seeds)}")
 
 
 @dataclass(frozen=True)
@@ -94,15 +109,12 @@ class StudyConfig:
         for option, value, choices in (("backend", self.backend, BACKENDS), ("aa_version", self.aa_version, AUTOATTACK_VERSIONS)):
             if value not in choices:
                 raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(
-            isinstance(seed, int) and not isinstance(seed, bool) and SEED_RANGE[0] <= seed <= SEED_RANGE[1] for seed in self.seeds
-        ):
-            raise UsageError(f"seeds must list distinct integers in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], e.g. [0, 1, 2]; got {list(self.seeds)}")
+        check_seeds("seeds", self.seeds)
         for option, value in (("aa_examples", self.aa_examples), ("eval_batch_size", self.eval_batch_size)):
             if value < 1:
                 raise UsageError(f"{option} must be >= 1, got {value}")
-        _check_overrides("[study.model]", {k: v for k, v in self.model.items() if k not in MIXERS})
-        for arch in sorted(set(self.model) & set(MIXERS)):
+        _check_overrides("[study.model]", {k: v for k, v in self.model.items() if k not in list_models()})
+        for arch in sorted(set(self.model) & set(list_models())):
             if not isinstance(self.model[arch], dict):
                 raise UsageError(f"[study.model.{arch}] must be a table of overrides, got {self.model[arch]!r}")
             _check_overrides(f"[study.model.{arch}]", self.model[arch])
@@ -131,7 +143,7 @@ class StudyConfig:
 
     def model_overrides(self, arch: str) -> dict[str, Any]:
         """The preset overrides for `arch`: the shared ones, then its own on top."""
-        shared = {key: value for key, value in self.model.items() if key not in MIXERS}
+        shared = {key: value for key, value in self.model.items() if key not in list_models()}
         return {**shared, **self.model.get(arch, {})}
 
     def run_dir(self, cell: Cell) -> Path:

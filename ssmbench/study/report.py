@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from model_zoo.layers import MIXERS
+from model_zoo.registry import list_models
 from ssmbench.attacks import get_suite_spec
 from ssmbench.leaderboard import ResultRow, read
 from ssmbench.leaderboard_render import PREAMBLE, render_markdown
@@ -59,9 +59,9 @@ def _count(n: int, noun: str) -> str:
 
 def _overrides_text(model: dict[str, Any]) -> str:
     """' with d_model = 64 (mamba: d_state = 16)' for the caption; '' without overrides."""
-    shared = ", ".join(f"{key} = {value}" for key, value in sorted(model.items()) if key not in MIXERS)
+    shared = ", ".join(f"{key} = {value}" for key, value in sorted(model.items()) if key not in list_models())
     own = "; ".join(f"{arch}: {', '.join(f'{k} = {v}' for k, v in sorted(model[arch].items()))}"
-                    for arch in sorted(set(model) & set(MIXERS)))
+                    for arch in sorted(set(model) & set(list_models())))
     text = f" with {shared}" if shared else ""
     return text + (f" ({own})" if own else "")
 
