@@ -19,6 +19,13 @@ Precision: every attack takes its input gradients in fp32 (perturb.input_gradien
 autocast off). FreeAT and YOPO take theirs from the very passes that also train the weights, so
 under autocast they run those passes in fp32 as a whole (`_fp32`): a bf16 pass would give them
 bf16 input gradients. They gain nothing from bf16 autocast; the other methods' updates still do.
+
+Frozen weights: the attack passes of PGD-AT, TRADES, MART and FGSM-RS run inside
+`frozen_weights(model)` (model_zoo/frozen.py), so the mixers' kernels are computed once per batch
+for the attack instead of once per pass; only the update pass builds them with gradients. FreeAT
+and YOPO have no such passes: every FreeAT replay trains the weights (and steps them before the
+next), every YOPO outer pass accumulates weight gradients, and YOPO's inner steps run through
+the first layer only, which has no kernel.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_zoo.errors import UsageError
+from model_zoo.frozen import frozen_weights
 from model_zoo.registries import Registry
 from model_zoo.training.perturb import LossFn, input_gradient, pgd, project, uniform_start
 from model_zoo.training.settings import MethodParams, ThreatModel
@@ -203,7 +211,8 @@ def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodCont
 @register_method("pgd", "PGD-AT")
 def pgd_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[MethodParams]) -> StepOutput:
     """PGD-AT (Madry et al. 2018): CE on PGD-K examples from one uniform random start."""
-    x_adv = pgd(model, x, y, ctx.threat.eps, ctx.threat.alpha, ctx.threat.steps, generator=ctx.generator)
+    with frozen_weights(model):
+        x_adv = pgd(model, x, y, ctx.threat.eps, ctx.threat.alpha, ctx.threat.steps, generator=ctx.generator)
     logits = model(x_adv)
     loss = F.cross_entropy(logits, y)
     _update(model, loss, ctx)
@@ -220,7 +229,8 @@ def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContex
     """
     logits_clean = model(x)
     start = _gaussian_start(x, ctx.generator)
-    x_adv = _ascend(model, x, start, logits_clean.detach(), kl_to_clean, ctx)
+    with frozen_weights(model):
+        x_adv = _ascend(model, x, start, logits_clean.detach(), kl_to_clean, ctx)
     logits_adv = model(x_adv)
     loss = F.cross_entropy(logits_clean, y) + ctx.params.beta * kl_to_clean(logits_adv, logits_clean)
     _update(model, loss, ctx)
@@ -247,7 +257,8 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
 @register_method("mart", "MART", MartParams)
 def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[MartParams]) -> StepOutput:
     """MART: PGD-K on CE from x + 0.001 N(0, 1) (the released code's start), then `mart_loss`."""
-    x_adv = _ascend(model, x, _gaussian_start(x, ctx.generator), y, F.cross_entropy, ctx)
+    with frozen_weights(model):
+        x_adv = _ascend(model, x, _gaussian_start(x, ctx.generator), y, F.cross_entropy, ctx)
     logits_clean = model(x)
     logits_adv = model(x_adv)
     loss = mart_loss(logits_clean, logits_adv, y, ctx.params.beta)
@@ -259,7 +270,8 @@ def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[
 def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[MethodParams]) -> StepOutput:
     """Fast AT (Wong et al. 2020): uniform start, one FGSM step of 1.25 eps, projected."""
     x_start = uniform_start(x, ctx.threat.eps, ctx.generator)
-    grad = input_gradient(model, x_start, y, F.cross_entropy)
+    with frozen_weights(model):
+        grad = input_gradient(model, x_start, y, F.cross_entropy)
     x_adv = project(x_start + FGSM_RS_STEP * ctx.threat.eps * grad.sign(), x, ctx.threat.eps).detach()
     logits = model(x_adv)
     loss = F.cross_entropy(logits, y)
