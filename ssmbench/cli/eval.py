@@ -212,7 +212,7 @@ def eval_command(
         for label, path in _checkpoints(target):
             model, meta = load_with_meta(path)  # verifies the weights against their checksum
             tensors, sha256 = read_meta(path)[1]["tensors_sha256"], file_sha256(path)
-            same = next((item for item in evaluated if item.weights_sha256 == weights and item.meta is not None
+            same = next((item for item in evaluated if item.weights_sha256 == tensors and item.meta is not None
                          and item.meta.config == meta.config), None)
             if same is not None:
                 item = _Evaluated(label, path, meta, same.result, tensors, shared_with=_label(same))
