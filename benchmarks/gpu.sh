@@ -115,7 +115,7 @@ fi
 GPUS=$($PYTHON -c "import torch; print(torch.cuda.device_count())")
 if (( GPUS >= 2 )); then
     timed "$LIMIT_STEP" "torchrun 2 x nccl: train s4d" $PYTHON -m torch.distributed.run --standalone --nproc-per-node 2 -m ssmbench train s4d --at pgd --epochs 1 --train-examples 512 --eval-examples 64 --batch-size 64 --device cuda --out "$WORK/ddp"
-    timed "$LIMIT_STEP" "torchrun 2 x nccl: eval pgd10" $PYTHON -m torch.distributed.run --standalone --nproc-per-node 2 -m ssmbench eval "$WORK/ddp" --attack pgd10 --n-examples 128 --device cuda
+    timed "$LIMIT_STEP" "torchrun 2 x nccl: eval pgd10" $PYTHON -m torch.distributed.run --standalone --nproc-per-node 2 -m ssmbench eval "$WORK/ddp" --attack pgd10 --n-examples 128 --batch-size 64 --no-checks --device cuda --leaderboard "$WORK/ddp.parquet"
 else
     row "torchrun 2 x nccl" "skipped" "0" "needs 2 CUDA devices (nccl runs one process per GPU); this machine has $GPUS"
 fi
