@@ -10,14 +10,21 @@ from model_zoo.errors import ZooError
 from model_zoo.limits import MAX_CONFIG_INT
 
 
+INPUT_KINDS = ("image", "sequence")
+
+
 @dataclass(frozen=True)
 class DatasetShape:
-    """What a classifier needs to know about a dataset: image shape and class count."""
+    """What a classifier needs to know about a dataset: input shape, class count, input kind.
+
+    A sequence data set (N, C, L) is stored as height 1 and width L.
+    """
 
     channels: int
     height: int
     width: int
     classes: int
+    input_kind: str = "image"
 
 
 DATASET_SHAPES: dict[str, DatasetShape] = {
@@ -27,6 +34,12 @@ DATASET_SHAPES: dict[str, DatasetShape] = {
     "cifar10": DatasetShape(3, 32, 32, 10),
     # The paper's Tiny-ImageNet run used the first 50 classes.
     "tiny-imagenet": DatasetShape(3, 64, 64, 50),
+    # UCR/UEA time series (ssmbench.timeseries checks these sizes against the archive's files).
+    "gunpoint": DatasetShape(1, 1, 150, 2, "sequence"),
+    "italypowerdemand": DatasetShape(1, 1, 24, 2, "sequence"),
+    "acsf1": DatasetShape(1, 1, 1460, 10, "sequence"),
+    "basicmotions": DatasetShape(6, 1, 100, 4, "sequence"),
+    "japanesevowels": DatasetShape(12, 1, 29, 9, "sequence"),
 }
 
 
@@ -46,9 +59,13 @@ class ModelConfig:
     ads: str = "none"
     attention: bool = False
     mixer_options: dict[str, Any] = field(default_factory=dict)
+    input_kind: str = "image"  # "sequence": the model takes (N, C, L) raw series (height 1, width L)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
+        """One example's shape as the model takes it: (C, H, W) for images, (C, L) for sequences."""
+        if self.input_kind == "sequence":
+            return (self.channels, self.width)
         return (self.channels, self.height, self.width)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +105,10 @@ def check_values(values: dict[str, Any]) -> None:
             raise ZooError(f"model config {name} must be {kind.__name__}, got {value!r}")
         if kind is int and not 1 <= value <= MAX_CONFIG_INT:
             raise ZooError(f"model config {name} must be in [1, {MAX_CONFIG_INT}], got {value}")
+    if values.get("input_kind", "image") not in INPUT_KINDS:
+        raise ZooError(f"model config input_kind must be one of {', '.join(INPUT_KINDS)}, got {values['input_kind']!r}")
+    if values.get("input_kind") == "sequence" and values.get("height", 1) != 1:
+        raise ZooError(f"a sequence model has height 1 (its length is the width), got height {values['height']}")
     for key, value in values.get("mixer_options", {}).items():
         if isinstance(value, (dict, list)) or (isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= MAX_CONFIG_INT):
             raise ZooError(f"model config mixer_options.{key} must be a plain value (integers in [1, {MAX_CONFIG_INT}]), got {value!r}")
@@ -116,6 +137,12 @@ PRESETS = {
     "fashion-mnist": _small,
     "cifar10": _large,
     "tiny-imagenet": _large,
+    # Time series: the MNIST-sized preset (the UCR/UEA training splits hold 40-270 series).
+    "gunpoint": _small,
+    "italypowerdemand": _small,
+    "acsf1": _small,
+    "basicmotions": _small,
+    "japanesevowels": _small,
 }
 
 

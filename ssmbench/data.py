@@ -1,4 +1,5 @@
-"""The dataset registry: name -> loader returning images in [0, 1] as (N, C, H, W) float32 + int64 labels.
+"""The dataset registry: name -> loader returning images in [0, 1] as (N, C, H, W) float32 + int64 labels,
+or, for the UCR/UEA time-series sets (ssmbench.timeseries), raw series (N, C, L) float32 + int64 labels.
 
     >>> from ssmbench.data import load_split
     >>> images, labels = load_split("digits", "train")   # (1437, 1, 8, 8), no download
@@ -24,6 +25,7 @@ from ssmbench.datasets import DataError
 from ssmbench.datasets.cifar import load_cifar10
 from ssmbench.datasets.idx import load_fashion_mnist, load_mnist
 from ssmbench.datasets.tinyimagenet import load_tiny_imagenet
+from ssmbench.timeseries import SERIES, SeriesInfo, read_series
 
 __all__ = [
     "DATASETS",
@@ -50,7 +52,11 @@ Loader = Callable[[str, Path, bool], Arrays]
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a dataset is: image shape, class count, whether training augments it, and where it comes from."""
+    """What a dataset is: input shape, class count, whether training augments it, and where it comes from.
+
+    A sequence set (input_kind "sequence") has height 1 and its length as width; its examples are
+    (C, L) series in raw units, not [0, 1] images.
+    """
 
     name: str
     channels: int
@@ -59,6 +65,13 @@ class DatasetInfo:
     classes: int
     augment: bool
     description: str
+    input_kind: str = "image"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        if self.input_kind == "sequence":
+            return (self.channels, self.width)
+        return (self.channels, self.height, self.width)
 
 
 DATASETS: dict[str, DatasetInfo] = {}
@@ -66,7 +79,8 @@ _LOADERS: dict[str, Loader] = {}
 
 
 def register_dataset(
-    name: str, *, channels: int, height: int, width: int, classes: int, augment: bool, description: str
+    name: str, *, channels: int, height: int, width: int, classes: int, augment: bool, description: str,
+    input_kind: str = "image",
 ) -> Callable[[Loader], Loader]:
     """Decorator: make `loader(split, directory, download) -> (images, labels)` loadable by name.
 
@@ -78,7 +92,7 @@ def register_dataset(
     def decorate(loader: Loader) -> Loader:
         if name in DATASETS:
             raise DataError(f"dataset {name!r} registered twice")
-        DATASETS[name] = DatasetInfo(name, channels, height, width, classes, augment, description)
+        DATASETS[name] = DatasetInfo(name, channels, height, width, classes, augment, description, input_kind)
         _LOADERS[name] = loader
         return loader
 
@@ -105,7 +119,7 @@ def default_data_dir() -> Path:
 def load_split(
     name: str, split: str, data_dir: str | Path | None = None, download: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images float32 in [0, 1] of shape (N, C, H, W) and labels int64 (N,) of one split."""
+    """Images float32 in [0, 1] of shape (N, C, H, W) (sequence sets: raw (N, C, L)) and labels int64 (N,) of one split."""
     info = get_dataset(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -117,8 +131,8 @@ def load_split(
 
 def _check(info: DatasetInfo, split: str, images: np.ndarray, labels: np.ndarray) -> None:
     """Catch files of another dataset (or a reader bug) before a model sees wrong shapes."""
-    expected = (info.channels, info.height, info.width)
-    if images.ndim != 4 or images.shape[1:] != expected:
+    expected = info.input_shape
+    if images.ndim != len(expected) + 1 or images.shape[1:] != expected:
         raise DataError(f"{info.name} {split}: images of shape {images.shape[1:]}, expected {expected}")
     if labels.shape != (len(images),):
         raise DataError(f"{info.name} {split}: {len(images)} images but labels of shape {labels.shape}")
@@ -178,6 +192,22 @@ def _cifar10(split: str, directory: Path, download: bool) -> Arrays:
 )
 def _tiny_imagenet(split: str, directory: Path, download: bool) -> Arrays:
     return load_tiny_imagenet(directory, split, download, TINY_IMAGENET_CLASSES)
+
+
+def _register_series(info: SeriesInfo) -> None:
+    """A UCR/UEA set of ssmbench.timeseries as a registry entry (never augmented)."""
+
+    def load(split: str, directory: Path, download: bool) -> Arrays:
+        return read_series(info, split)
+
+    register_dataset(
+        info.name, channels=info.channels, height=1, width=info.length, classes=info.classes, augment=False,
+        description=f"{info.description}; {info.train_size} train / {info.test_size} test, shipped", input_kind="sequence",
+    )(load)
+
+
+for _series in SERIES.values():
+    _register_series(_series)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

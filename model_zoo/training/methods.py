@@ -5,8 +5,10 @@ takes its optimizer step(s) through `ctx.optimizer`, and reports what it trained
 own their optimizer steps because they differ exactly there: FreeAT steps m times per batch, YOPO
 accumulates gradients over m passes and steps once.
 
-Perturbations live in [0, 1] pixel space and are projected onto the Linf eps-ball around x and
-onto [0, 1] after every update, so every `StepOutput.x_adv` is a valid input of the threat model.
+Perturbations are projected onto the Linf eps-ball around x and onto the input box after every
+update, so every `StepOutput.x_adv` is a valid input of the threat model. The ball and box are
+`ctx.bounds` (images: radius eps in [0, 1]; sequences: radius eps times each channel's training
+std, no box by default); every step size below is in the same units (times `bounds.scale`).
 
 Train/eval mode: every method leaves the model in the mode the trainer set (train mode) for the
 attack as well as for the update. FreeAT and YOPO must, because one forward pass serves both the
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_zoo.errors import UsageError
+from model_zoo.bounds import UNIT, Bounds, clip_box
 from model_zoo.training.perturb import LossFn, input_gradient, pgd, project, uniform_start
 
 # FGSM-RS step (Wong et al. 2020): 1.25 eps from a uniform start, the value their paper found
@@ -61,6 +64,7 @@ class MethodContext:
     yopo_n: int = 3
     grad_clip: float | None = None
     generator: torch.Generator | None = None
+    bounds: Bounds = UNIT
     state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -120,11 +124,12 @@ def _update(model: nn.Module, loss: torch.Tensor, ctx: MethodContext) -> None:
     _apply_gradients(model, ctx)
 
 
-def _gaussian_start(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """x + 0.001 N(0, 1), NOT clamped to [0, 1]: the released TRADES and MART code starts there,
-    so the first gradient is taken slightly outside the box (every step then projects and clamps)."""
+def _gaussian_start(x: torch.Tensor, generator: torch.Generator | None, bounds: Bounds) -> torch.Tensor:
+    """x + 0.001 N(0, 1) (times the bounds' scale), NOT clamped to the box: the released TRADES and
+    MART code starts there, so the first gradient is taken slightly outside the box (every step
+    then projects and clamps)."""
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return x + GAUSSIAN_START_STD * noise
+    return x + GAUSSIAN_START_STD * bounds.scale * noise
 
 
 def _fp32(method: Method) -> Method:
@@ -144,7 +149,7 @@ def _ascend(
     """ctx.steps signed-gradient ascent steps on loss_fn from x_adv, projected after each."""
     for _ in range(ctx.steps):
         grad = input_gradient(model, x_adv, target, loss_fn)
-        x_adv = project(x_adv + ctx.alpha * grad.sign(), x, ctx.eps)
+        x_adv = project(x_adv + ctx.alpha * ctx.bounds.scale * grad.sign(), x, ctx.eps, ctx.bounds)
     return x_adv.detach()
 
 
@@ -165,7 +170,7 @@ def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodCont
 @register_method("pgd")
 def pgd_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
     """PGD-AT (Madry et al. 2018): CE on PGD-K examples from one uniform random start."""
-    x_adv = pgd(model, x, y, ctx.eps, ctx.alpha, ctx.steps, generator=ctx.generator)
+    x_adv = pgd(model, x, y, ctx.eps, ctx.alpha, ctx.steps, generator=ctx.generator, bounds=ctx.bounds)
     logits = model(x_adv)
     loss = F.cross_entropy(logits, y)
     _update(model, loss, ctx)
@@ -181,7 +186,7 @@ def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContex
     the released code.
     """
     logits_clean = model(x)
-    start = _gaussian_start(x, ctx.generator)
+    start = _gaussian_start(x, ctx.generator, ctx.bounds)
     x_adv = _ascend(model, x, start, logits_clean.detach(), kl_to_clean, ctx)
     logits_adv = model(x_adv)
     loss = F.cross_entropy(logits_clean, y) + ctx.trades_beta * kl_to_clean(logits_adv, logits_clean)
@@ -209,7 +214,7 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
 @register_method("mart")
 def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
     """MART: PGD-K on CE from x + 0.001 N(0, 1) (the released code's start), then `mart_loss`."""
-    x_adv = _ascend(model, x, _gaussian_start(x, ctx.generator), y, F.cross_entropy, ctx)
+    x_adv = _ascend(model, x, _gaussian_start(x, ctx.generator, ctx.bounds), y, F.cross_entropy, ctx)
     logits_clean = model(x)
     logits_adv = model(x_adv)
     loss = mart_loss(logits_clean, logits_adv, y, ctx.mart_beta)
@@ -220,9 +225,9 @@ def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext)
 @register_method("fgsm-rs")
 def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
     """Fast AT (Wong et al. 2020): uniform start, one FGSM step of 1.25 eps, projected."""
-    x_start = uniform_start(x, ctx.eps, ctx.generator)
+    x_start = uniform_start(x, ctx.eps, ctx.generator, ctx.bounds)
     grad = input_gradient(model, x_start, y, F.cross_entropy)
-    x_adv = project(x_start + FGSM_RS_STEP * ctx.eps * grad.sign(), x, ctx.eps).detach()
+    x_adv = project(x_start + FGSM_RS_STEP * ctx.eps * ctx.bounds.scale * grad.sign(), x, ctx.eps, ctx.bounds).detach()
     logits = model(x_adv)
     loss = F.cross_entropy(logits, y)
     _update(model, loss, ctx)
@@ -254,15 +259,16 @@ def free_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodConte
     zero on pixels pushed out of [0, 1], whose delta therefore stays where it is.
     """
     delta = _freeat_delta(x, ctx)
+    radius = ctx.eps * ctx.bounds.scale
     losses = []
     for _ in range(ctx.freeat_m):
         delta.requires_grad_(True)
-        x_adv = (x + delta).clamp(0.0, 1.0)
+        x_adv = clip_box(x + delta, x, ctx.bounds)
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        delta = (delta.detach() + ctx.eps * delta.grad.sign()).clamp(-ctx.eps, ctx.eps)
+        delta = (delta.detach() + radius * delta.grad.sign()).clamp(-radius, radius)
         _apply_gradients(model, ctx)
         losses.append(loss.detach())
     ctx.state["freeat_delta"][: x.shape[0]] = delta
@@ -312,7 +318,7 @@ def yopo(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext)
     """
     if not (hasattr(model, "encoder") and hasattr(model, "encoder_norm")):
         raise UsageError("yopo needs a SequenceClassifier (it attacks through model.encoder/encoder_norm)")
-    x_adv = uniform_start(x, ctx.eps, ctx.generator)
+    x_adv = uniform_start(x, ctx.eps, ctx.generator, ctx.bounds)
     ctx.optimizer.zero_grad(set_to_none=True)
     losses = []
     for outer in range(ctx.yopo_m):
@@ -328,6 +334,6 @@ def yopo(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext)
             x_adv = x_adv.detach().requires_grad_(True)
             hamiltonian = (p * yopo_first_layer(model, x_adv)).sum()
             (grad,) = torch.autograd.grad(hamiltonian, x_adv)
-            x_adv = project(x_adv.detach() + ctx.alpha * grad.sign(), x, ctx.eps)
+            x_adv = project(x_adv.detach() + ctx.alpha * ctx.bounds.scale * grad.sign(), x, ctx.eps, ctx.bounds)
     _apply_gradients(model, ctx)
     return StepOutput(torch.stack(losses).mean(), x_adv.detach(), logits.detach())

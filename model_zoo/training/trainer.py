@@ -70,6 +70,7 @@ from model_zoo.training import distributed
 from model_zoo.training.distributed import DataParallel, Workers
 from model_zoo.training.history import EpochRecord, plot_curves, write_history
 from model_zoo.training.methods import MethodContext, get_method, list_methods
+from model_zoo.bounds import bounds_of
 from model_zoo.training.perturb import pgd
 
 Augment = Callable[..., torch.Tensor]  # augment(images, generator=...) -> images
@@ -318,7 +319,8 @@ def train(
 ) -> TrainResult:
     """Train `model` (on its current device) with `config.method`; write the run into out_dir.
 
-    train_data/test_data: images in [0, 1] (N, C, H, W) and int64 labels, on any device.
+    train_data/test_data: images in [0, 1] (N, C, H, W), or raw series (N, C, L) for a sequence
+    model (which first fits its input normalization on the training part), and int64 labels.
     With config.val_examples > 0 part of train_data is held out to select the best checkpoint.
     augment(images, generator=g): applied to every training batch with the run's own generator.
     resume=True continues the run in out_dir; without it an existing run there is refused.
@@ -346,6 +348,8 @@ def train(
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UsageError(f"{out_dir / STATE}: a damaged or edited training state ({reason}); restart the run without --resume") from None
     else:  # epoch 0's state, before any other file: a kill from here on leaves a resumable run
+        if model.is_sequence:  # the z-normalization and the eps scale: the examples trained on, never test or val
+            model.fit_input(x_train)
         distributed.on_main(_save_state, out_dir / STATE, model, run, run.method_state, config)
     if compile_model:
         model.compile()
@@ -353,6 +357,7 @@ def train(
         optimizer=run.optimizer, eps=config.eps, alpha=config.alpha, steps=config.steps,
         trades_beta=config.trades_beta, mart_beta=config.mart_beta, freeat_m=config.freeat_m,
         yopo_m=config.yopo_m, yopo_n=config.yopo_n, grad_clip=config.grad_clip, state=run.method_state,
+        bounds=bounds_of(model),
     )
     setup = _Setup(
         model=model, trained=DataParallel(model, device) if workers.is_distributed else model, config=config, ctx=ctx,
@@ -517,7 +522,7 @@ def evaluate_pgd10(
                 continue  # fewer examples left than ranks; there is no collective in this loop
             xb, yb = x[begin + start : begin + stop].to(device), y[begin + start : begin + stop].to(device)
             noise = distributed.shard_generator((seed, "eval", batch), device, start * xb[0].numel(), workers)
-            x_adv = pgd(model, xb, yb, eps, alpha, EVAL_STEPS, generator=noise)
+            x_adv = pgd(model, xb, yb, eps, alpha, EVAL_STEPS, generator=noise, bounds=bounds_of(model))
             with torch.no_grad():
                 for offset, inputs in ((0, xb), (2, x_adv)):
                     logits = model(inputs)
@@ -534,6 +539,7 @@ def _checkpoint_meta(setup: _Setup, record: EpochRecord, kind: str, eval_example
     training = {
         **config.to_dict(),
         "threat_model": "Linf",
+        "box": setup.ctx.bounds.box,
         "effective_epochs": config.effective_epochs,
         "optimizer": "AdamW",
         "schedule": "cosine",
