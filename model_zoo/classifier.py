@@ -15,11 +15,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model_zoo.bounds import BOXES, Bounds
 from model_zoo.config import ModelConfig
 from model_zoo.errors import UsageError
 from model_zoo.layers import get_mixer
 from model_zoo.layers.attention import SelfAttention
-from model_zoo.bounds import BOXES, Bounds
 
 SEQUENCE_BOXES = ("none", "observed")  # the [0, 1] box is for images only
 MIN_STD = 1e-8  # a constant channel keeps unit scale instead of dividing by zero
@@ -113,6 +113,8 @@ class SequenceClassifier(nn.Module):
             if x.ndim != 3:
                 raise UsageError(f"this sequence model takes (N, C, L) series, got shape {tuple(x.shape)}")
             return ((x - self.input_mean[:, None]) / self.input_std[:, None]).transpose(1, 2)
+        if x.ndim != 4:
+            raise UsageError(f"this image model takes (N, C, H, W) images in [0, 1], got shape {tuple(x.shape)}")
         n, c, h, w = x.shape
         return x.reshape(n, c, h * w).transpose(1, 2)
 

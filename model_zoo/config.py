@@ -9,7 +9,6 @@ from typing import Any, get_origin, get_type_hints
 from model_zoo.errors import ZooError
 from model_zoo.limits import MAX_CONFIG_INT
 
-
 INPUT_KINDS = ("image", "sequence")
 
 
@@ -69,7 +68,12 @@ class ModelConfig:
         return (self.channels, self.height, self.width)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as a dict; input_kind only when it is not "image", so that every image
+        config written before sequences existed (zoo.toml, shipped weights) stays the same dict."""
+        values = dataclasses.asdict(self)
+        if self.input_kind == "image":
+            del values["input_kind"]
+        return values
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:

@@ -62,7 +62,7 @@ SERIES: dict[str, SeriesInfo] = {
         SeriesInfo("italypowerdemand", "ItalyPowerDemand", 1, 24, 2, 67, 1029, False, "UCR ItalyPowerDemand: a day of Italian power demand, winter vs summer"),
         SeriesInfo("acsf1", "ACSF1", 1, 1460, 10, 100, 100, False, "UCR ACSF1: appliance power consumption, 10 appliance types"),
         SeriesInfo("basicmotions", "BasicMotions", 6, 100, 4, 40, 40, False, "UEA BasicMotions: smart-watch accelerometer + gyroscope, 4 activities"),
-        SeriesInfo("japanesevowels", "JapaneseVowels", 12, 29, 9, 270, 370, True, "UEA JapaneseVowels: 12 LPC cepstra of a vowel, 9 speakers (7-29 steps, resampled to 29)"),
+        SeriesInfo("japanesevowels", "JapaneseVowels", 12, 29, 9, 270, 370, True, "UEA JapaneseVowels: 12 LPC cepstra, 9 speakers (7-29 steps, resampled)"),
     )
 }
 

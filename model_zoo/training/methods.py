@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_zoo.errors import UsageError
 from model_zoo.bounds import UNIT, Bounds, clip_box
+from model_zoo.errors import UsageError
 from model_zoo.training.perturb import LossFn, input_gradient, pgd, project, uniform_start
 
 # FGSM-RS step (Wong et al. 2020): 1.25 eps from a uniform start, the value their paper found

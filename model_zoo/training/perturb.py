@@ -11,6 +11,7 @@ intersected with [0, 1]); eps and alpha are in units of its per-channel scale.
 from __future__ import annotations
 
 from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn

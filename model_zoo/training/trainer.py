@@ -62,6 +62,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from model_zoo import checkpoints
+from model_zoo.bounds import bounds_of
 from model_zoo.classifier import SequenceClassifier
 from model_zoo.errors import RunError, UsageError
 from model_zoo.labels import run_title
@@ -70,7 +71,6 @@ from model_zoo.training import distributed
 from model_zoo.training.distributed import DataParallel, Workers
 from model_zoo.training.history import EpochRecord, plot_curves, write_history
 from model_zoo.training.methods import MethodContext, get_method, list_methods
-from model_zoo.bounds import bounds_of
 from model_zoo.training.perturb import pgd
 
 Augment = Callable[..., torch.Tensor]  # augment(images, generator=...) -> images
@@ -539,7 +539,8 @@ def _checkpoint_meta(setup: _Setup, record: EpochRecord, kind: str, eval_example
     training = {
         **config.to_dict(),
         "threat_model": "Linf",
-        "box": setup.ctx.bounds.box,
+        # Absent means the unit box: image runs keep the metadata they had before sequences existed.
+        **({"box": setup.ctx.bounds.box} if setup.ctx.bounds.box != "unit" else {}),
         "effective_epochs": config.effective_epochs,
         "optimizer": "AdamW",
         "schedule": "cosine",
