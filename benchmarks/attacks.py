@@ -30,8 +30,8 @@ from benchmarks import Context, Row, Task, load_split_file, register_benchmark
 from benchmarks.runner import Step
 from model_zoo import build_model
 from model_zoo.training import TrainConfig, seed_everything, train
-from ssmbench.attack_backends import TORCHATTACKS_STANDARD_BUDGET
 from ssmbench.attacks import PGD, AttackSettings, build_suite
+from ssmbench.attacks.autoattack import TORCHATTACKS_STANDARD_BUDGET
 
 EPS = 8 / 255
 STEPS = 10

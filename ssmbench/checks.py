@@ -35,8 +35,7 @@ from torch import nn
 
 from model_zoo.errors import UsageError
 from model_zoo.training.perturb import input_gradient
-from ssmbench import attack_backends
-from ssmbench.attacks import PGD, Attack, AttackSettings, eval_mode
+from ssmbench.attacks import PGD, Attack, AttackSettings, autoattack, eval_mode
 
 FLAGS: dict[str, str] = {
     "zero-gradients": "some examples have an all-zero input gradient: gradient attacks cannot move them",
@@ -265,7 +264,7 @@ def _square_on_survivors(
     robust = survivors.clone()
     todo = survivors.nonzero().flatten()
     if todo.numel():
-        square = attack_backends.square(settings, n_queries=config.square_queries)
+        square = autoattack.square(settings, n_queries=config.square_queries)
         robust[todo] = _robust(square, model, x[todo], y[todo])
     wins = int((white_box_robust & survivors & ~robust).sum())
     flag = "black-box-beats-white-box" if wins / len(x) > config.black_box_max_gain else None

@@ -8,8 +8,7 @@ import torchattacks
 from torch import nn
 
 from model_zoo.errors import UsageError
-from ssmbench import attack_backends
-from ssmbench.attacks import FGSM, PGD, AttackSettings, Suite, build_suite, get_attack, predict
+from ssmbench.attacks import FGSM, PGD, AttackSettings, Suite, autoattack, build_suite, get_suite_spec, predict
 
 EPS = 8 / 255
 
@@ -31,9 +30,9 @@ def test_attacks_stay_in_the_eps_ball_and_the_image_box(model, test_set, attack)
 @pytest.mark.parametrize("backend", ["official", "torchattacks"])
 def test_square_from_each_backend_stays_in_the_ball(model, test_set, backend) -> None:
     x, y = test_set[0][:16], test_set[1][:16]
-    square = attack_backends.square(AttackSettings(EPS, backend=backend), n_queries=200)
+    square = autoattack.square(AttackSettings(EPS, backend=backend), n_queries=200)
     result = square(model, x, y)
-    assert square.black_box and isinstance(get_attack("square", AttackSettings(EPS)), type(square))
+    assert square.black_box
     assert (result.x_adv - x).abs().max().item() <= EPS + 1e-6
     assert result.x_adv.min().item() >= 0.0 and result.x_adv.max().item() <= 1.0
     assert torch.equal(result.success, predict(model, result.x_adv) != y)
@@ -117,7 +116,8 @@ def test_all_suite_is_pgd10_then_autoattack_parts() -> None:
     "make",
     [
         lambda: build_suite("pgd100", AttackSettings(EPS)),
-        lambda: get_attack("cw", AttackSettings(EPS)),
+        lambda: get_suite_spec("cw"),
+        lambda: PGD(EPS, restarts=0),
         lambda: AttackSettings(EPS, backend="foolbox"),
         lambda: AttackSettings(EPS, version="fast"),
         lambda: AttackSettings(1.5),

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from model_zoo.errors import UsageError
-from ssmbench.attack_backends import AutoAttackPart
 from ssmbench.attacks import PGD, AttackSettings
+from ssmbench.attacks.autoattack import AutoAttackPart
 from ssmbench.checks import (
     FLAGS,
     CheckConfig,

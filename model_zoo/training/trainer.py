@@ -12,9 +12,8 @@ After every epoch the run directory holds:
   history.parquet    one EpochRecord per epoch
   curves.png         the paper's eight curves (redrawn at most every 30 s, and at the end)
   state.safetensors  everything needed to continue bit-for-bit: weights, optimizer, scheduler,
-                     every RNG, FreeAT's perturbation. Tensors are safetensors entries, the rest is
-                     JSON in the same file's metadata, so one atomic rename commits all of it and
-                     nothing is ever unpickled.
+                     every RNG, FreeAT's perturbation, in one file committed by one atomic rename
+                     (`model_zoo.training.state`).
 A kill at any point loses at most the epoch in progress: `train(..., resume=True)` continues from
 the last completed epoch and ends with the same weights as an uninterrupted run (on CPU). This
 holds between any two writes: a fresh run writes its state (epoch 0) before anything else, every
@@ -44,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import random
 import time
@@ -57,8 +55,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from model_zoo import checkpoints
@@ -67,19 +63,18 @@ from model_zoo.classifier import SequenceClassifier
 from model_zoo.errors import RunError, UsageError
 from model_zoo.labels import run_title
 from model_zoo.limits import MAX_EPS, MAX_LR, SEED_RANGE
-from model_zoo.training import distributed
+from model_zoo.training import distributed, state
 from model_zoo.training.distributed import DataParallel, Workers
 from model_zoo.training.history import EpochRecord, plot_curves, write_history
 from model_zoo.training.methods import MethodContext, get_method, list_methods
 from model_zoo.training.perturb import pgd
+from model_zoo.training.state import RunState
 
 Augment = Callable[..., torch.Tensor]  # augment(images, generator=...) -> images
 EVAL_STEPS = 10  # the per-epoch robust accuracy is PGD-10, which also selects the best checkpoint
 # Drawing curves.png takes about a second; on short epochs it would dominate, so it is redrawn
 # at most this often and always after the last epoch (history.parquet is written every epoch).
 CURVES_EVERY_S = 30.0
-STATE_FORMAT = 1
-STATE_KEY = "ssmbench_train_state"
 BEST, LAST, HISTORY = "best.safetensors", "last.safetensors", "history.parquet"
 CURVES, STATE = "curves.png", "state.safetensors"
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -268,26 +263,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-@dataclass
-class _Run:
-    """The mutable state of a run: exactly what state.safetensors stores.
-
-    Under torchrun `method_state` holds this rank's rows of per-example state (FreeAT's
-    perturbation); the state file holds the whole batch's rows.
-    """
-
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    generators: dict[str, torch.Generator]
-    method_state: dict[str, torch.Tensor]
-    history: list[EpochRecord]
-    best_epoch: int = 0
-
-    @property
-    def best(self) -> EpochRecord | None:
-        return self.history[self.best_epoch - 1] if self.best_epoch else None
-
-
 @dataclass(frozen=True)
 class _Setup:
     """What every batch of a run needs besides the data and the run state."""
@@ -341,7 +316,7 @@ def train(
     run = _new_run(model, config)
     if resume:
         try:
-            _load_state(out_dir / STATE, *distributed.on_main(_read_state, out_dir / STATE), model, run, config, workers)
+            state.load_state(out_dir / STATE, *distributed.on_main(state.read_state, out_dir / STATE), model, run, config, workers)
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
             if isinstance(exc, UsageError):
                 raise
@@ -350,7 +325,7 @@ def train(
     else:  # epoch 0's state, before any other file: a kill from here on leaves a resumable run
         if model.is_sequence:  # the z-normalization and the eps scale: the examples trained on, never test or val
             model.fit_input(x_train)
-        distributed.on_main(_save_state, out_dir / STATE, model, run, run.method_state, config)
+        distributed.on_main(state.save_state, out_dir / STATE, model, run, run.method_state, config)
     if compile_model:
         model.compile()
     ctx = MethodContext(
@@ -408,10 +383,10 @@ def _check_bounds(config: TrainConfig) -> None:
 
 def check_out_dir(out_dir: str | Path, resume: bool) -> None:
     """A fresh run must not overwrite another run; a resumed one needs its state file."""
-    state = Path(out_dir) / STATE
-    if resume and not state.is_file():
-        raise UsageError(f"{state}: no training state to resume; start without resume (--resume)")
-    if not resume and state.exists():
+    state_file = Path(out_dir) / STATE
+    if resume and not state_file.is_file():
+        raise UsageError(f"{state_file}: no training state to resume; start without resume (--resume)")
+    if not resume and state_file.exists():
         raise UsageError(f"{out_dir} already holds a training run; resume it (--resume) or choose another output directory")
 
 
@@ -425,7 +400,7 @@ def _check_shardable(n: int, batch_size: int, workers: Workers) -> None:
                          "processes; change the number of training examples or the batch size")
 
 
-def _new_run(model: SequenceClassifier, config: TrainConfig) -> _Run:
+def _new_run(model: SequenceClassifier, config: TrainConfig) -> RunState:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.effective_epochs)
     # Separate streams so that e.g. turning augmentation on does not change the data order. The
@@ -435,11 +410,11 @@ def _new_run(model: SequenceClassifier, config: TrainConfig) -> _Run:
         "shuffle": torch.Generator().manual_seed(config.seed),
         "augment": torch.Generator().manual_seed(config.seed + 1),
     }
-    return _Run(optimizer, scheduler, generators, method_state={}, history=[])
+    return RunState(optimizer, scheduler, generators, method_state={}, history=[])
 
 
 def _train_epoch(
-    setup: _Setup, run: _Run, x_train: torch.Tensor, y_train: torch.Tensor, epoch: int
+    setup: _Setup, run: RunState, x_train: torch.Tensor, y_train: torch.Tensor, epoch: int
 ) -> dict[str, float]:
     """One pass over the training set; returns the epoch's train_* means (over all ranks).
 
@@ -570,7 +545,7 @@ def _checkpoint_meta(setup: _Setup, record: EpochRecord, kind: str, eval_example
 
 
 def _write_epoch(
-    setup: _Setup, run: _Run, method_state: dict[str, torch.Tensor], is_best: bool, eval_examples: int, plot: bool
+    setup: _Setup, run: RunState, method_state: dict[str, torch.Tensor], is_best: bool, eval_examples: int, plot: bool
 ) -> None:
     """Checkpoints, history and curves first, the resume state last: a kill in between only
     makes the resumed run redo (identically) the epoch whose files were already written, from the
@@ -584,129 +559,4 @@ def _write_epoch(
     write_history(run.history, out_dir / HISTORY)
     if plot:
         plot_curves(run.history, out_dir / CURVES, title=run_title(model.config, setup.config.method, setup.config.seed))
-    _save_state(out_dir / STATE, model, run, method_state, setup.config)
-
-
-def _flatten(
-    prefix: str, tensors: dict[str, torch.Tensor], out: dict[str, torch.Tensor], complex_names: list[str]
-) -> None:
-    """Add tensors under prefix; complex ones as real views (safetensors has no complex dtype)."""
-    for name, tensor in tensors.items():
-        tensor = tensor.detach().cpu()
-        if tensor.is_complex():
-            complex_names.append(f"{prefix}{name}")
-            tensor = torch.view_as_real(tensor)
-        out[f"{prefix}{name}"] = tensor.contiguous().clone()
-
-
-def _save_state(
-    path: Path, model: SequenceClassifier, run: _Run, method_state: dict[str, torch.Tensor], config: TrainConfig
-) -> None:
-    tensors: dict[str, torch.Tensor] = {}
-    complex_names: list[str] = []
-    _flatten("model.", model.state_dict(), tensors, complex_names)
-    _flatten("method.", method_state, tensors, complex_names)
-    optimizer_state = run.optimizer.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, entries in optimizer_state["state"].items():
-        _flatten(f"optim.{pid}.", {k: v for k, v in entries.items() if torch.is_tensor(v)}, tensors, complex_names)
-        scalars[str(pid)] = {k: v for k, v in entries.items() if not torch.is_tensor(v)}
-    generator_states = {name: g.get_state() for name, g in run.generators.items()}
-    generator_states["torch_cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        generator_states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    _flatten("rng.", generator_states, tensors, complex_names)
-    numpy_state = np.random.get_state()
-    document = {
-        "format": STATE_FORMAT,
-        "config": config.to_dict(),
-        "model_config": model.config.to_dict(),
-        "history": [r.to_dict() for r in run.history],
-        "best_epoch": run.best_epoch,
-        "optimizer_param_groups": optimizer_state["param_groups"],
-        "optimizer_scalars": scalars,
-        "scheduler": run.scheduler.state_dict(),
-        "numpy_rng": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-        "python_rng": random.getstate(),
-        "complex": complex_names,
-    }
-    checkpoints.atomic_write_bytes(path, safetensors_bytes(tensors, metadata={STATE_KEY: json.dumps(document)}))
-
-
-# The JSON type of each part of a state document; an edited state is refused before it is used.
-_STATE_TYPES: dict[str, type] = {
-    "config": dict, "model_config": dict, "history": list, "best_epoch": int, "optimizer_param_groups": list,
-    "optimizer_scalars": dict, "scheduler": dict, "numpy_rng": list, "python_rng": list, "complex": list,
-}
-
-
-def _read_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            document = json.loads((handle.metadata() or {})[STATE_KEY])
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError, KeyError) as exc:
-        raise UsageError(f"{path}: not a readable ssmbench training state ({exc})") from None
-    if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
-        found = document.get("format") if isinstance(document, dict) else document
-        raise UsageError(f"{path}: training state format {found} is not {STATE_FORMAT}")
-    wrong = [key for key, kind in _STATE_TYPES.items() if not isinstance(document.get(key), kind) or isinstance(document.get(key), bool)]
-    if wrong:
-        raise UsageError(f"{path}: a damaged or edited training state ({wrong[0]} is not a {_STATE_TYPES[wrong[0]].__name__}); "
-                         "restart the run without --resume")
-    for name in document["complex"]:
-        tensors[name] = torch.view_as_complex(tensors[name])
-    return document, tensors
-
-
-def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
-
-
-def _load_state(
-    path: Path, document: dict[str, Any], tensors: dict[str, torch.Tensor], model: SequenceClassifier, run: _Run,
-    config: TrainConfig, workers: Workers,
-) -> None:
-    """Restore `run` and the model's weights from a state read by `_read_state` (on rank 0, then
-    shared: other nodes need not see the file); refuse a state saved with other settings.
-
-    A setting that the saved run predates counts as its default. The per-example method state is
-    stored for the whole batch, so a run can resume with another number of processes."""
-    defaults = TrainConfig().to_dict()
-    changed = sorted(k for k, v in config.to_dict().items() if document["config"].get(k, defaults[k]) != v)
-    if changed:
-        raise UsageError(f"{path}: resume with the settings of the saved run; these differ: {', '.join(changed)}")
-    if document["model_config"] != json.loads(json.dumps(model.config.to_dict())):
-        saved = document["model_config"]["arch"]
-        raise UsageError(f"{path}: the saved run trained a different model ({saved} with other settings)")
-    device = next(model.parameters()).device
-    model.load_state_dict(_section(tensors, "model."), strict=True)
-    method_state = distributed.split_rows(_section(tensors, "method."), workers)
-    run.method_state.update({k: v.to(device) for k, v in method_state.items()})
-    _load_optimizer(run.optimizer, document, tensors)
-    run.scheduler.load_state_dict(document["scheduler"])
-    rng = _section(tensors, "rng.")  # a state from before per-batch attack noise also holds "attack": unused
-    for name, generator in run.generators.items():
-        generator.set_state(rng[name])
-    torch.set_rng_state(rng["torch_cpu"])
-    if torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng])
-    kind, keys, *rest = document["numpy_rng"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-    version, internal, gauss = document["python_rng"]
-    random.setstate((version, tuple(internal), gauss))
-    run.history[:] = [EpochRecord(**row) for row in document["history"]]
-    run.best_epoch = document["best_epoch"]
-
-
-def _load_optimizer(
-    optimizer: torch.optim.Optimizer, document: dict[str, Any], tensors: dict[str, torch.Tensor]
-) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for pid, scalars in document["optimizer_scalars"].items():
-        state[int(pid)] = {**scalars, **_section(tensors, f"optim.{pid}.")}
-    groups = []
-    for current, saved in zip(optimizer.param_groups, document["optimizer_param_groups"]):
-        # JSON turned tuples (AdamW's betas) into lists; give them their type back.
-        groups.append({k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in saved.items()})
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    state.save_state(out_dir / STATE, model, run, method_state, setup.config)

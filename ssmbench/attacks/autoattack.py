@@ -37,7 +37,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ssmbench.attacks import Attack, AttackSettings
+from ssmbench.attacks.base import Attack, AttackSettings
 
 # The attacks of each AutoAttack version, in the order both implementations run them.
 AUTOATTACK_PARTS: dict[str, tuple[str, ...]] = {

@@ -1,0 +1,219 @@
+"""A study's settings: the StudyConfig dataclass, its grids, and reading and validating the TOML file."""
+
+
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model_zoo.ads import ADS_CHOICES
+from model_zoo.config import ModelConfig, check_values
+from model_zoo.errors import UsageError, ZooError
+from model_zoo.layers import MIXERS
+from model_zoo.limits import SEED_RANGE
+from model_zoo.training import TrainConfig, list_methods
+from ssmbench import data
+from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, get_suite_spec
+from ssmbench.home import user_results
+
+if TYPE_CHECKING:  # a cell names its run directory; the grid module builds cells from a config
+    from ssmbench.study.grid import Cell
+
+
+AUTOATTACK_EXAMPLES = 2000  # the paper's protocol: AutoAttack on the first 2000 test images
+# ModelConfig fields that the dataset or the grid decide; [study.model] cannot override them.
+_FIXED_MODEL_FIELDS = {"arch", "dataset", "ads", "attention", "channels", "height", "width", "classes"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One cartesian product of cells: every model x method x AdS x attention."""
+
+    models: tuple[str, ...]
+    methods: tuple[str, ...]
+    ads: tuple[str, ...] = ("none",)
+    attention: tuple[bool, ...] = (False,)
+
+    def __post_init__(self) -> None:
+        names = (("models", self.models, sorted(MIXERS)), ("methods", self.methods, list_methods()),
+                 ("ads", self.ads, list(ADS_CHOICES)))
+        for option, values, known in names:
+            unknown = [str(v) for v in values if v not in known]
+            if unknown or not values:
+                raise UsageError(f"grid {option}: unknown or missing {', '.join(unknown)}; choose from {', '.join(known)}")
+        if not self.attention or not all(isinstance(v, bool) for v in self.attention):
+            raise UsageError(f"grid attention must list true and/or false, got {list(self.attention)}")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study does. Defaults are the paper's; examples count from the start of a split.
+
+    eval_examples: test images for the per-epoch PGD-10 and for the final PGD-10 evaluation
+    (None = the whole test split). val_examples: training images held out to select the best
+    checkpoint by PGD-10 (TrainConfig.val_examples); 0 selects on the test images instead. aa_examples: the first N test images for the
+    AutoAttack suites (capped at the split). model: overrides of the dataset preset for every cell;
+    a key that names an architecture holds overrides for that architecture only.
+    """
+
+    grids: tuple[Grid, ...]
+    dataset: str = "digits"
+    name: str = ""
+    # Training defaults are the trainer's (the paper's), so a study and `ssmbench train` agree.
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    weight_decay: float = TrainConfig.weight_decay
+    eps: float = TrainConfig.eps
+    alpha: float = TrainConfig.alpha
+    steps: int = TrainConfig.steps
+    grad_clip: float | None = TrainConfig.grad_clip
+    train_examples: int | None = None
+    eval_examples: int | None = None
+    val_examples: int = TrainConfig.val_examples
+    aa_examples: int = AUTOATTACK_EXAMPLES
+    aa_version: str = "standard"
+    backend: str = "official"
+    suites: tuple[str, ...] = ("pgd10", "autoattack")
+    checks: bool = True
+    eval_batch_size: int = 256
+    seeds: tuple[int, ...] = (0,)
+    out: Path = Path("runs/study")
+    leaderboard: Path = field(default_factory=user_results)  # the published studies name theirs
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.grids:
+            raise UsageError("a study needs at least one [[grid]] table")
+        data.get_dataset(self.dataset)
+        for suite in self.suites:
+            get_suite_spec(suite)
+        if not self.suites:
+            raise UsageError("suites must name at least one attack suite")
+        for option, value, choices in (("backend", self.backend, BACKENDS), ("aa_version", self.aa_version, AUTOATTACK_VERSIONS)):
+            if value not in choices:
+                raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(
+            isinstance(seed, int) and not isinstance(seed, bool) and SEED_RANGE[0] <= seed <= SEED_RANGE[1] for seed in self.seeds
+        ):
+            raise UsageError(f"seeds must list distinct integers in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], e.g. [0, 1, 2]; got {list(self.seeds)}")
+        for option, value in (("aa_examples", self.aa_examples), ("eval_batch_size", self.eval_batch_size)):
+            if value < 1:
+                raise UsageError(f"{option} must be >= 1, got {value}")
+        _check_overrides("[study.model]", {k: v for k, v in self.model.items() if k not in MIXERS})
+        for arch in sorted(set(self.model) & set(MIXERS)):
+            if not isinstance(self.model[arch], dict):
+                raise UsageError(f"[study.model.{arch}] must be a table of overrides, got {self.model[arch]!r}")
+            _check_overrides(f"[study.model.{arch}]", self.model[arch])
+        for method in dict.fromkeys(m for grid in self.grids for m in grid.methods):
+            self.train_config(method, self.seeds[0])  # TrainConfig validates the numbers
+
+    @property
+    def title(self) -> str:
+        return self.name or self.out.name
+
+    def train_config(self, method: str, seed: int) -> TrainConfig:
+        return TrainConfig(
+            method=method, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            weight_decay=self.weight_decay, eps=self.eps, alpha=self.alpha, steps=self.steps,
+            grad_clip=self.grad_clip, train_examples=self.train_examples, eval_examples=self.eval_examples,
+            val_examples=self.val_examples, seed=seed,
+        )
+
+    def model_overrides(self, arch: str) -> dict[str, Any]:
+        """The preset overrides for `arch`: the shared ones, then its own on top."""
+        shared = {key: value for key, value in self.model.items() if key not in MIXERS}
+        return {**shared, **self.model.get(arch, {})}
+
+    def run_dir(self, cell: Cell) -> Path:
+        return self.out / cell.name
+
+    def examples(self, suite: str, available: int) -> int:
+        """How many test images `suite` is run on: aa_examples for AutoAttack, eval_examples else."""
+        wanted = self.aa_examples if get_suite_spec(suite).uses_autoattack else self.eval_examples
+        return available if wanted is None else min(wanted, available)
+
+
+def _check_overrides(table: str, overrides: dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(ModelConfig)} - _FIXED_MODEL_FIELDS
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise UsageError(f"{table} may set {', '.join(sorted(known))} (or hold [study.model.ARCH] tables); not {', '.join(bad)}")
+    try:
+        check_values(overrides)
+    except ZooError as exc:
+        raise UsageError(f"{table}: {exc}") from None
+
+
+# -- reading a study file ---------------------------------------------------------------------------
+
+_STUDY_KEYS = {f.name for f in dataclasses.fields(StudyConfig)} - {"grids"}
+_GRID_KEYS = {f.name for f in dataclasses.fields(Grid)}
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read a study TOML file; unknown keys and bad values are a UsageError naming the file.
+
+    Relative `out` and `leaderboard` paths are kept as written: they are relative to the working
+    directory, like every path the CLI takes. eps and alpha may be fractions: "8/255".
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the study file ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return _parse(document)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+def _parse(document: dict[str, Any]) -> StudyConfig:
+    extra = sorted(set(document) - {"study", "grid"})
+    if extra:
+        raise UsageError(f"unknown top-level table(s) {', '.join(extra)}; a study has [study] and [[grid]]")
+    settings = dict(document.get("study", {}))
+    unknown = sorted(set(settings) - _STUDY_KEYS)
+    if unknown:
+        raise UsageError(f"unknown [study] key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_STUDY_KEYS))}")
+    for key in ("eps", "alpha"):
+        if key in settings:
+            settings[key] = _number(settings[key], key)
+    for key in ("out", "leaderboard"):
+        if key in settings:
+            settings[key] = Path(settings[key])
+    for key in ("suites", "seeds"):
+        if key in settings:
+            if not isinstance(settings[key], list):
+                example = "[0, 1, 2]" if key == "seeds" else '["pgd10"]'
+                raise UsageError(f"{key} must be a list, e.g. {key} = {example}")
+            settings[key] = tuple(settings[key])
+    grids = []
+    for table in document.get("grid", []):
+        bad = sorted(set(table) - _GRID_KEYS)
+        if bad:
+            raise UsageError(f"unknown [[grid]] key(s) {', '.join(bad)}; valid: {', '.join(sorted(_GRID_KEYS))}")
+        not_lists = sorted(key for key, values in table.items() if not isinstance(values, list))
+        if not_lists:
+            raise UsageError(f"[[grid]] values must be lists, e.g. models = [\"s4\"]; not {', '.join(not_lists)}")
+        grids.append(Grid(**{key: tuple(values) for key, values in table.items()}))
+    try:
+        return StudyConfig(grids=tuple(grids), **settings)
+    except TypeError as exc:  # a value of the wrong type where the dataclass could not even be built
+        raise UsageError(str(exc)) from None
+
+
+def _number(value: object, name: str) -> float:
+    """8/255 written as a string, or a plain number."""
+    try:
+        return float(Fraction(value)) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
+    except (ValueError, ZeroDivisionError, TypeError, OverflowError):
+        raise UsageError(f"{name} must be a number or a fraction like \"8/255\", got {value!r}") from None

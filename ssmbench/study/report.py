@@ -1,0 +1,85 @@
+"""A study's markdown: the caption that says what was measured, the table of finished cells, what is not done."""
+
+
+
+from __future__ import annotations
+
+from typing import Any
+
+from model_zoo.layers import MIXERS
+from ssmbench.attacks import get_suite_spec
+from ssmbench.leaderboard import ResultRow, read
+from ssmbench.leaderboard_render import PREAMBLE, render_markdown
+from ssmbench.study.config import StudyConfig
+from ssmbench.study.grid import expand
+from ssmbench.study.runner import DONE, read_marker, status
+
+# -- the study's table ------------------------------------------------------------------------------
+
+
+def study_rows(config: StudyConfig) -> list[ResultRow]:
+    """The leaderboard rows that this study's finished cells recorded."""
+    cells, _ = expand(config)
+    run_ids = set()
+    for cell in cells:
+        marker = read_marker(config.run_dir(cell))
+        if marker is not None and marker["status"] == DONE:
+            run_ids.add(marker["run_id"])
+    if not run_ids or not config.leaderboard.is_file():
+        return []
+    return [row for row in read(config.leaderboard) if row.run_id in run_ids]
+
+
+def caption(config: StudyConfig) -> str:
+    """What the numbers were measured with: training budget, model, and every evaluation subset."""
+    freeat = config.train_config("freeat", config.seeds[0])
+    train_set = f"the first {config.train_examples} training images" if config.train_examples else "the whole training split"
+    eval_set = f"the first {config.eval_examples} test images" if config.eval_examples else "the whole test split"
+    model = f"the {config.dataset} preset" + _overrides_text(config.model)
+    selection_set = f"{config.val_examples} held-out training images (not trained on)" if config.val_examples else eval_set
+    suites = []
+    for suite in config.suites:
+        if get_suite_spec(suite).uses_autoattack:
+            suites.append(f"{suite} ({config.aa_version}, {config.backend} code) on the first {config.aa_examples} test images")
+        else:
+            suites.append(f"{suite} on {eval_set}")
+    return (
+        f"Trained {_count(config.epochs, 'epoch')} (FreeAT {_count(freeat.effective_epochs, 'epoch')} x {freeat.freeat_m} replays) on {train_set}, "
+        f"batch {config.batch_size}, AdamW lr {config.lr:g} (cosine), weight decay {config.weight_decay:g}, "
+        f"{_count(len(config.seeds), 'seed')} ({', '.join(map(str, config.seeds))}); model: {model}. "
+        f"Best = the epoch with the highest PGD-10 accuracy on {selection_set}. Evaluated: {'; '.join(suites)}. "
+        + ("Sanity checks on every evaluation." if config.checks else "Sanity checks off (checks = false): the rows say not checked.")
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _overrides_text(model: dict[str, Any]) -> str:
+    """' with d_model = 64 (mamba: d_state = 16)' for the caption; '' without overrides."""
+    shared = ", ".join(f"{key} = {value}" for key, value in sorted(model.items()) if key not in MIXERS)
+    own = "; ".join(f"{arch}: {', '.join(f'{k} = {v}' for k, v in sorted(model[arch].items()))}"
+                    for arch in sorted(set(model) & set(MIXERS)))
+    text = f" with {shared}" if shared else ""
+    return text + (f" ({own})" if own else "")
+
+
+def render_study(config: StudyConfig) -> str:
+    """Markdown: the caption, the paper-style table of the finished cells, then what is not done."""
+    # The leaderboard's preamble explains the columns for the published file; the study has its own caption.
+    tables = render_markdown(study_rows(config)).removeprefix(PREAMBLE).strip()
+    legend = ("Accuracies in % with their 95% Wilson intervals; ≈: not significantly different from the line "
+              "above (exact McNemar on per-example outcomes, else Fisher's exact test on the counts).")
+    parts = [f"# Study: {config.title} ({config.dataset})", "", caption(config), legend, "", tables, ""]
+    cells, skipped = expand(config)
+    unfinished = [s for s in (status(config, cell) for cell in cells) if s.status != DONE]
+    if unfinished:
+        parts += ["## Not finished", ""]
+        parts += [f"- {s.cell.name}: {s.status}{f' ({s.message})' if s.message else ''}" for s in unfinished]
+        parts.append("")
+    if skipped:
+        parts += ["## Skipped combinations", ""]
+        parts += [f"- {s.cell.name}: {s.reason}" for s in skipped]
+        parts.append("")
+    return "\n".join(parts)
