@@ -19,7 +19,11 @@ from model_zoo.training import list_methods
 from model_zoo.training.methods import MethodContext, get_method
 from model_zoo.training.perturb import pgd, project
 from ssmbench import data
+from ssmbench.attacks import AttackSettings
+from ssmbench.attacks.autoattack import AutoAttackPart
+from ssmbench.attacks.unit_view import UnitView, fold
 from ssmbench.cli import main
+from ssmbench.evaluate import evaluate as ssmbench_evaluate
 from ssmbench.datasets import DataError
 from ssmbench.timeseries import SERIES, parse_ts, resample
 
@@ -232,3 +236,59 @@ def test_bounds_of_a_model_without_declared_bounds_is_the_unit_box() -> None:
     with pytest.raises(UsageError, match="declares its input bounds"):
         bounds_of(torch.nn.Linear(2, 2), "none")
     assert dataclasses.replace(UNIT).box == "unit"
+
+
+@pytest.fixture(scope="module")
+def trained_gunpoint() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A briefly trained s4d on GunPoint (standard training), so attacks have something to fool."""
+    x, y = data.load_split("gunpoint", "train")
+    model = _small("gunpoint")
+    model.fit_input(x)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    test, labels = data.load_split("gunpoint", "test")
+    return model.eval(), test[:24], labels[:24]
+
+
+def test_unit_view_is_an_exact_affine_map_whose_clamp_cannot_bind() -> None:
+    x, _ = data.load_split("basicmotions", "test")
+    model = _small("basicmotions")
+    model.fit_input(data.load_split("basicmotions", "train")[0])
+    view = UnitView.of(x, bounds_of(model), EPS)
+    v = view.to_unit(x)
+    assert v.shape == (40, 6, 10, 10) and fold(150) == (10, 15) and fold(29) == (1, 29)
+    torch.testing.assert_close(view.from_unit(v), x, rtol=1e-5, atol=1e-4)
+    # The ball around every point lies inside [0, 1] in the view: the backends' clamp is a no-op.
+    assert v.min() >= view.eps * (1 - 1e-4) and v.max() <= 1 - view.eps * (1 - 1e-4)
+    # Radius eps in the view is eps training stds of each channel in raw units.
+    moved = view.from_unit(v + view.eps) - view.from_unit(v)
+    torch.testing.assert_close(moved, (EPS * model.input_std).view(1, -1, 1).expand_as(x), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["official", "torchattacks"])
+@pytest.mark.parametrize("part", ["apgd-ce", "fab-t", "square"])
+def test_autoattack_parts_work_on_sequences_within_the_relative_ball(trained_gunpoint, backend: str, part: str) -> None:
+    model, x, y = trained_gunpoint
+    settings = AttackSettings(eps=0.5, backend=backend, seed=0)
+    attack = AutoAttackPart(part, settings, n_queries=200 if part == "square" else None)
+    found = attack(model, x, y)
+    ratio = (found.x_adv - x).abs() / model.input_std
+    assert ratio.max() <= 0.5 * (1 + 1e-4)
+    assert found.x_adv.min() < -1 and found.x_adv.max() > 1  # raw GunPoint values, never squeezed into [0, 1]
+    assert found.success.any()  # the view reaches the model: half a std fools a weak model somewhere
+    assert torch.equal(found.success, model(found.x_adv).argmax(1) != y)
+
+
+def test_pgd10_suite_on_sequences_records_the_relative_threat_model(trained_gunpoint) -> None:
+    model, x, y = trained_gunpoint
+    result = ssmbench_evaluate(model, x, y, "pgd10", 0.5, checks=None, device="cpu")
+    assert result.threat_model == "Linf-std" and result.n_examples == 24
+    assert result.robust_acc < result.clean_acc
+    observed = ssmbench_evaluate(model, x, y, "pgd10", 0.5, checks=None, device="cpu", box="observed")
+    assert observed.threat_model == "Linf-std-observed"
+    with pytest.raises(UsageError, match="does not apply to sequences"):
+        ssmbench_evaluate(model, x, y, "pgd10", 0.5, checks=None, device="cpu", box="unit")

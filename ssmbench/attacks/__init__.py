@@ -13,12 +13,14 @@ from ssmbench.attacks.base import (
     AUTOATTACK_VERSIONS,
     BACKENDS,
     THREAT_MODEL,
+    THREAT_MODEL_NAMES,
     Attack,
     AttackHook,
     AttackResult,
     AttackSettings,
     eval_mode,
     predict,
+    threat_model_name,
 )
 from ssmbench.attacks.pgd import FGSM, PGD
 from ssmbench.attacks.suites import (
@@ -42,6 +44,7 @@ __all__ = [
     "PGD",
     "SUITES",
     "THREAT_MODEL",
+    "THREAT_MODEL_NAMES",
     "Attack",
     "AttackHook",
     "AttackResult",
@@ -58,4 +61,5 @@ __all__ = [
     "register_suite",
     "suite_backend",
     "suite_label",
+    "threat_model_name",
 ]
