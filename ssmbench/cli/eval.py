@@ -21,6 +21,7 @@ from rich import box
 from rich.table import Table
 from torch import nn
 
+from model_zoo.bounds import BOXES
 from model_zoo.checkpoints import CheckpointMeta, file_sha256, read_meta
 from model_zoo.errors import RunError, UsageError
 from model_zoo.training import distributed
@@ -112,7 +113,7 @@ def _per_attack_line(item: _Evaluated) -> str:
 def _render(target: str, items: list[_Evaluated]) -> None:
     attacks = list(dict.fromkeys(name for item in items for name in item.result.per_attack))
     first = items[0].result
-    table = Table(title=f"{target}: {first.suite}, Linf eps = {first.eps:.5g} (accuracy %, robust after each attack)",
+    table = Table(title=f"{target}: {first.suite}, {first.threat_model} eps = {first.eps:.5g} (accuracy %, robust after each attack)",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for column in ("ckpt", "n", "clean", *attacks, "robust", "flags", "s"):  # fits 80 columns with AutoAttack's 4 parts
         table.add_column(column, justify="left" if column in ("ckpt", "flags") else "right", no_wrap=column != "flags")
@@ -149,7 +150,8 @@ def eval_command(
     target: str = typer.Argument(..., help="A .safetensors checkpoint, a zoo name, or a run directory (then best and last are evaluated and Diff = best - last is shown)."),
     attack: str = typer.Option("pgd10", "--attack", help=f"Attack suite: {' | '.join(SUITES)} (all = pgd10, then AutoAttack on what PGD-10 left standing)."),
     n_examples: int = typer.Option(None, help=f"Evaluate the first N test images. Default, the paper's protocol: {AUTOATTACK_EXAMPLES} (or the whole split if smaller) for autoattack and all, the whole test set for pgd10."),
-    eps: str = typer.Option("8/255", help="Linf radius on [0, 1] images, e.g. 8/255 or 0.03."),
+    eps: str = typer.Option("8/255", help="Linf radius: on [0, 1] images, e.g. 8/255 or 0.03; on sequences, in training standard deviations per channel, e.g. 0.1."),
+    box: str = typer.Option(None, help="Input box of a sequence model: none (default: no box, eps-ball only) | observed (also stay in the training split's range). Images always use [0, 1]."),
     backend: str = typer.Option("official", help="AutoAttack implementation: official (the authors' code, pyautoattack) | torchattacks (its reimplementation, run with the same 100-iteration, 9-target budget)."),
     batch_size: int = typer.Option(256, help="Examples per batch; each batch runs the whole suite."),
     version: str = typer.Option("standard", help="AutoAttack version: standard | plus | rand (rand for randomized models)."),
@@ -180,7 +182,10 @@ def eval_command(
             raise UsageError(f"{option} must be >= 1, got {value}")
     check_seed(seed)
     device = None if device is None else str(parse_device(device))
-    options = _Options(suite, radius, batch_size, device, backend, seed, version, CheckConfig(n_examples=check_examples) if checks else None, state_dir, compile_model)
+    if box is not None:
+        _choose(box, BOXES, "--box")
+    options = _Options(suite, radius, batch_size, device, backend, seed, version, CheckConfig(n_examples=check_examples) if checks else None, state_dir,
+                       compile_model, box)
     run_id = uuid.uuid4().hex[:12]
     evaluated: list[_Evaluated] = []
     rows: list[ResultRow] = []
@@ -227,6 +232,7 @@ class _Options:
     checks: CheckConfig | None
     state_dir: Path | None
     compile: bool = False
+    box: str | None = None
 
 
 def _evaluate_checkpoint(
@@ -244,7 +250,7 @@ def _evaluate_checkpoint(
     if n > len(images):
         raise UsageError(f"--n-examples {n} exceeds the {len(images)} test images of {meta.config.dataset}")
     key = {"suite": options.suite, "version": options.version, "eps": options.eps, "n": n, "backend": options.backend,
-           "seed": options.seed, "batch_size": options.batch_size}
+           "seed": options.seed, "batch_size": options.batch_size, **({"box": options.box} if options.box else {})}
     label = f"{meta.kind or name} {options.suite}"
     with progress_bar(decimals=1, disable=not distributed.current().is_main) as bar:
         task = bar.add_task(label, total=n)
@@ -256,7 +262,7 @@ def _evaluate_checkpoint(
             result = evaluate(
                 model, images, labels, options.suite, options.eps, n, options.batch_size, options.device, options.backend,
                 options.seed, show, version=options.version, checks=options.checks,
-                state_path=_state_path(options.state_dir, sha256, key),
+                state_path=_state_path(options.state_dir, sha256, key), box=options.box,
             )
         except RunError:
             raise
