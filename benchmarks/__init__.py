@@ -179,5 +179,5 @@ __all__ = [
 ]
 
 # Registration order is the order `ssmbench bench` runs them: cheapest and most basic first.
-for _module in ("mixers", "mamba", "attacks", "training"):
+for _module in ("mixers", "mamba", "attacks", "training", "commit"):
     importlib.import_module(f"{__name__}.{_module}")

@@ -73,7 +73,7 @@ def digits_checkpoint(ctx: Context) -> Path:
     if not checkpoint.is_file():
         seed_everything(SEED)
         model = build_model("s4d", "digits", **scale.model)
-        config = TrainConfig(method="st", epochs=scale.train_epochs, batch_size=32, lr=3e-3,
+        config = TrainConfig.from_settings(method="st", epochs=scale.train_epochs, batch_size=32, lr=3e-3,
                              eval_examples=16, train_examples=scale.train_examples, seed=SEED)
         splits = (load_split_file(ctx.cached_split("digits", split)) for split in ("train", "test"))
         train(model, *splits, config, run_dir)

@@ -35,6 +35,8 @@ from torch import nn
 Step = Callable[[], "dict[str, Any] | None"]
 # Imported once by the forkserver, so that each measuring child starts with them loaded.
 _PRELOAD = ["torch", "model_zoo", "model_zoo.training", "ssmbench.attacks", "benchmarks"]
+# main before the speed work of issue 18: what `ssmbench bench commit` compares against.
+BASELINE_COMMIT = "de74342"
 _OOM_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory")
 
 
@@ -45,12 +47,14 @@ class RunOptions:
     memory_cap_mb: address-space cap per child on CPU (None: no cap). torch reserves little
     virtual memory beyond what it touches on CPU, so the cap is close to a cap on RSS.
     timeout_s: a child still running after this long is terminated and reported as failed.
+    baseline_commit: the revision that the `commit` benchmark checks out and runs as its baseline.
     """
 
     device: str = "cpu"
     threads: int | None = None
     memory_cap_mb: int | None = 12 * 1024
     timeout_s: float | None = 1800.0
+    baseline_commit: str = BASELINE_COMMIT
 
 
 @dataclass(frozen=True)

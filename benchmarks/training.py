@@ -51,7 +51,7 @@ def setup_epoch(
     """Each call builds a fresh model (same seed) and trains it for one epoch in a new run folder."""
     train_data, test_data = load_split_file(train_file), load_split_file(test_file)
     n_train = len(train_data[0][:train_examples])
-    config = TrainConfig(method=method, epochs=1, batch_size=batch_size, eval_examples=eval_examples,
+    config = TrainConfig.from_settings(method=method, epochs=1, batch_size=batch_size, eval_examples=eval_examples,
                          train_examples=train_examples, seed=SEED)
 
     def step() -> dict[str, Any]:

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from model_zoo.config import DATASET_SHAPES, ModelConfig
+from model_zoo.config import ModelConfig
+from model_zoo.datasets import DATASETS
 from model_zoo.limits import DIM_SQUARED_PER_ELEMENT
 from model_zoo.registry import build_from_config
 
@@ -39,7 +40,7 @@ def _check_summary(config: ModelConfig, raw: dict[str, Any]) -> None:
     for key, value in claimed.items():
         if key in raw and raw[key] != value:
             raise ValueError(f"metadata {key} {raw[key]!r} contradicts its config ({value!r})")
-    shape = DATASET_SHAPES.get(config.dataset)
+    shape = DATASETS[config.dataset] if config.dataset in DATASETS else None
     if shape is not None and shape.input_kind != config.input_kind:
         raise ValueError(f"config input kind {config.input_kind} does not fit dataset {config.dataset} ({shape.input_kind})")
     if shape is not None and (shape.channels, shape.height, shape.width, shape.classes) != (

@@ -30,9 +30,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from model_zoo import plugins
 from model_zoo.checkpoint_checks import Shapes, check_claims
 from model_zoo.config import ModelConfig
-from model_zoo.errors import CheckpointError, UsageError
+from model_zoo.errors import CheckpointError, UsageError, ZooError
+from model_zoo.layers import get_mixer
 from model_zoo.registry import build_from_config
 
 FORMAT_VERSION = 2
@@ -70,6 +72,9 @@ class CheckpointMeta:
             "complex": complex_names,
             "tensors_sha256": tensors_sha256,
         }
+        plugin = plugins.plugin_of(self.config.arch)
+        if plugin is not None:  # loading it elsewhere needs that package: say which
+            document["plugin"] = plugin.to_dict()
         document = json.loads(json.dumps(document))  # hash exactly what a reader will parse (tuples, int keys)
         document["metadata_sha256"] = metadata_sha256(document)
         return json.dumps(document, sort_keys=True)
@@ -87,7 +92,8 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # reshape(-1): a 0-dim tensor (a scalar buffer) cannot be viewed as bytes; the bytes of any other are unchanged.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -174,6 +180,7 @@ def _read_header(path: Path) -> tuple[CheckpointMeta, dict[str, Any], Shapes]:
             raise CheckpointError(path, f"format version {version} is newer than this ssmbench ({FORMAT_VERSION}); upgrade ssmbench")
         if version >= 2 and raw.get("metadata_sha256") != metadata_sha256(raw):
             raise CheckpointError(path, "metadata checksum mismatch: the metadata (config, training, metrics...) was modified after saving")
+        _require_plugin(path, raw)
         for key, kind in (("training", dict), ("metrics", dict), ("kind", str), ("epoch", int), ("seed", int), ("tensors_sha256", str)):
             if key in raw and (not isinstance(raw[key], kind) or isinstance(raw[key], bool)):
                 raise ValueError(f"{key} must be {kind.__name__}, got {raw[key]!r}")
@@ -192,6 +199,19 @@ def _read_header(path: Path) -> tuple[CheckpointMeta, dict[str, Any], Shapes]:
     except (KeyError, TypeError, ValueError, RuntimeError, UsageError) as exc:  # UsageError: an unknown arch, a bad AdS option...
         raise CheckpointError(path, f"malformed ssmbench metadata ({_first_line(exc)})") from None
     return meta, raw, shapes
+
+
+def _require_plugin(path: Path, raw: dict[str, Any]) -> None:
+    """A checkpoint of a plugin's mixer, read where that plugin is not installed: name the plugin."""
+    plugin, arch = raw.get("plugin"), raw.get("arch")
+    if not isinstance(plugin, dict) or not isinstance(arch, str):
+        return
+    try:
+        get_mixer(arch)
+    except ZooError:
+        name, version = plugin.get("distribution", "?"), plugin.get("version", "?")
+        raise CheckpointError(path, f"architecture {arch!r} comes from the mixer plugin {name} (version {version} wrote "
+                                    f"this file), which is not installed: pip install {name}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,40 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, get_origin, get_type_hints
 
+from model_zoo.datasets import INPUT_KINDS, DataError, get_dataset
 from model_zoo.errors import ZooError
 from model_zoo.limits import MAX_CONFIG_INT
-
-INPUT_KINDS = ("image", "sequence")
-
-
-@dataclass(frozen=True)
-class DatasetShape:
-    """What a classifier needs to know about a dataset: input shape, class count, input kind.
-
-    A sequence data set (N, C, L) is stored as height 1 and width L.
-    """
-
-    channels: int
-    height: int
-    width: int
-    classes: int
-    input_kind: str = "image"
-
-
-DATASET_SHAPES: dict[str, DatasetShape] = {
-    "digits": DatasetShape(1, 8, 8, 10),
-    "mnist": DatasetShape(1, 28, 28, 10),
-    "fashion-mnist": DatasetShape(1, 28, 28, 10),
-    "cifar10": DatasetShape(3, 32, 32, 10),
-    # The paper's Tiny-ImageNet run used the first 50 classes.
-    "tiny-imagenet": DatasetShape(3, 64, 64, 50),
-    # UCR/UEA time series (ssmbench.timeseries checks these sizes against the archive's files).
-    "gunpoint": DatasetShape(1, 1, 150, 2, "sequence"),
-    "italypowerdemand": DatasetShape(1, 1, 24, 2, "sequence"),
-    "acsf1": DatasetShape(1, 1, 1460, 10, "sequence"),
-    "basicmotions": DatasetShape(6, 1, 100, 4, "sequence"),
-    "japanesevowels": DatasetShape(12, 1, 29, 9, "sequence"),
-}
 
 
 @dataclass(frozen=True)
@@ -135,24 +104,16 @@ def _large(arch: str) -> dict[str, Any]:
     return {"n_layers": 4, "d_model": 128, "d_state": d_state, "mixer_options": options}
 
 
-PRESETS = {
-    "digits": _small,
-    "mnist": _small,
-    "fashion-mnist": _small,
-    "cifar10": _large,
-    "tiny-imagenet": _large,
-    # Time series: the MNIST-sized preset (the UCR/UEA training splits hold 40-270 series).
-    "gunpoint": _small,
-    "italypowerdemand": _small,
-    "acsf1": _small,
-    "basicmotions": _small,
-    "japanesevowels": _small,
-}
+# The paper's presets by the dataset's family (DatasetInfo.preset).
+PRESETS = {"small": _small, "large": _large}
 
 
 def preset(arch: str, dataset: str) -> dict[str, Any]:
-    """The paper's hyper-parameters for `arch` on `dataset`."""
-    if dataset not in PRESETS:
-        raise ZooError(f"unknown dataset {dataset!r}; choose one of {', '.join(PRESETS)}")
-    shape = DATASET_SHAPES[dataset]
-    return {**dataclasses.asdict(shape), **PRESETS[dataset](arch)}
+    """The paper's hyper-parameters for `arch` on `dataset`, with the dataset's input shape and classes."""
+    try:
+        info = get_dataset(dataset)
+    except DataError as exc:  # building a model: the zoo's error, as for an unknown architecture
+        raise ZooError(str(exc)) from None
+    shape = {"channels": info.channels, "height": info.height, "width": info.width, "classes": info.classes,
+             **({"input_kind": info.input_kind} if info.input_kind != "image" else {})}
+    return {**shape, **PRESETS[info.preset](arch)}

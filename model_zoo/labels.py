@@ -10,16 +10,7 @@ from __future__ import annotations
 
 from model_zoo.config import ModelConfig
 from model_zoo.registry import family_name
-
-METHOD_NAMES = {
-    "st": "ST",
-    "pgd": "PGD-AT",
-    "trades": "TRADES",
-    "freeat": "FreeAT",
-    "yopo": "YOPO",
-    "mart": "MART",
-    "fgsm-rs": "FGSM-RS",
-}
+from model_zoo.training.methods import METHODS
 
 
 def family_label(arch: str, ads: str, attention: bool) -> str:
@@ -33,8 +24,9 @@ def family_label(arch: str, ads: str, attention: bool) -> str:
 
 
 def method_label(method: str) -> str:
-    """'PGD-AT' for 'pgd'; an unknown method keeps its registry name."""
-    return METHOD_NAMES.get(method, method)
+    """'PGD-AT' for 'pgd' (the method registry's display name); an unknown method keeps its name,
+    so rows of a method that is no longer registered still print."""
+    return METHODS[method].display if method in METHODS else method
 
 
 def run_title(config: ModelConfig, method: str, seed: int) -> str:

@@ -6,33 +6,32 @@ import dataclasses
 import inspect
 from typing import Any
 
+from model_zoo import plugins
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.classifier import SequenceClassifier
-from model_zoo.config import PRESETS, ModelConfig, preset
+from model_zoo.config import ModelConfig, preset
+from model_zoo.datasets import DEFAULT_DATASET
 from model_zoo.errors import ZooError
 from model_zoo.layers import MIXERS, get_mixer
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered architecture names matching a glob pattern, sorted."""
+    """Architecture names matching a glob pattern, sorted: the registered ones and those that
+    installed plugins declare (not imported until one is built)."""
     from fnmatch import fnmatch
 
-    return sorted(name for name in MIXERS if fnmatch(name, pattern))
-
-
-def list_datasets() -> list[str]:
-    return list(PRESETS)
+    return sorted(name for name in {*MIXERS, *plugins.available()} if fnmatch(name, pattern))
 
 
 def make_config(
-    arch: str, dataset: str = "digits", ads: str = "none", attention: bool = False, **overrides: Any
+    arch: str, dataset: str = DEFAULT_DATASET, ads: str = "none", attention: bool = False, **overrides: Any
 ) -> ModelConfig:
     """The preset config for (arch, dataset) with AdS, attention and any field overridden."""
     spec = get_mixer(arch)
     if ads not in ADS_CHOICES:
         raise ZooError(f"unknown AdS option {ads!r}; choose one of {', '.join(ADS_CHOICES)}")
     if ads != "none" and not spec.supports_ads:
-        ads_archs = ", ".join(name for name in list_models() if MIXERS[name].supports_ads)
+        ads_archs = ", ".join(name for name in sorted(MIXERS) if MIXERS[name].supports_ads)
         raise ZooError(f"{arch} has no AdS (it has its own attention); AdS works with {ads_archs}")
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = set(overrides) - fields
@@ -68,7 +67,7 @@ def family_name(config: ModelConfig) -> str:
     return f"{config.arch} ({variant})" if variant else config.arch
 
 
-def build_model(arch: str, dataset: str = "digits", ads: str = "none", attention: bool = False, **overrides: Any) -> SequenceClassifier:
+def build_model(arch: str, dataset: str = DEFAULT_DATASET, ads: str = "none", attention: bool = False, **overrides: Any) -> SequenceClassifier:
     """Build a fresh classifier from the registry and the dataset preset."""
     return SequenceClassifier(make_config(arch, dataset, ads, attention, **overrides))
 

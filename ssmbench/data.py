@@ -1,5 +1,6 @@
-"""The dataset registry: name -> loader returning images in [0, 1] as (N, C, H, W) float32 + int64 labels,
-or, for the UCR/UEA time-series sets (ssmbench.timeseries), raw series (N, C, L) float32 + int64 labels.
+"""The dataset registry: name -> facts (model_zoo.datasets) and a loader returning images in [0, 1]
+as (N, C, H, W) float32 + int64 labels, or for the UCR/UEA sequence sets (ssmbench.timeseries) raw
+series (N, C, L) float32 + int64 labels.
 
     >>> from ssmbench.data import load_split
     >>> images, labels = load_split("digits", "train")   # (1437, 1, 8, 8), no download
@@ -14,18 +15,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model_zoo.datasets import DATASETS, DatasetInfo, add_dataset, get_dataset, list_datasets
+from model_zoo.registries import Registry
 from ssmbench.datasets import DataError
 from ssmbench.datasets.cifar import load_cifar10
 from ssmbench.datasets.idx import load_fashion_mnist, load_mnist
 from ssmbench.datasets.tinyimagenet import load_tiny_imagenet
-from ssmbench.timeseries import SERIES, SeriesInfo, read_series
+from ssmbench.timeseries import SERIES, read_series
 
 __all__ = [
     "DATASETS",
@@ -37,77 +39,45 @@ __all__ = [
     "list_datasets",
     "load_split",
     "register_dataset",
+    "register_loader",
 ]
 
 SPLITS = ("train", "test")
 DATA_ENV = "SSMBENCH_DATA"
 DIGITS_SEED = 0
-DIGITS_TRAIN = 1437
-TINY_IMAGENET_CLASSES = 50  # the paper's Tiny-ImageNet run used the first 50 classes
 AUGMENT_PADDING = 4
 
 Arrays = tuple[np.ndarray, np.ndarray]
 Loader = Callable[[str, Path, bool], Arrays]
 
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a dataset is: input shape, class count, whether training augments it, and where it comes from.
-
-    A sequence set (input_kind "sequence") has height 1 and its length as width; its examples are
-    (C, L) series in raw units, not [0, 1] images.
-    """
-
-    name: str
-    channels: int
-    height: int
-    width: int
-    classes: int
-    augment: bool
-    description: str
-    input_kind: str = "image"
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        if self.input_kind == "sequence":
-            return (self.channels, self.width)
-        return (self.channels, self.height, self.width)
+# Name -> loader; every name is also in DATASETS, which holds its facts.
+_LOADERS: Registry[Loader] = Registry("dataset loader", DataError)
 
 
-DATASETS: dict[str, DatasetInfo] = {}
-_LOADERS: dict[str, Loader] = {}
-
-
-def register_dataset(
-    name: str, *, channels: int, height: int, width: int, classes: int, augment: bool, description: str,
-    input_kind: str = "image",
-) -> Callable[[Loader], Loader]:
-    """Decorator: make `loader(split, directory, download) -> (images, labels)` loadable by name.
+def register_loader(name: str) -> Callable[[Loader], Loader]:
+    """Decorator: make `loader(split, directory, download) -> (images, labels)` the reader of the
+    dataset `name`, whose facts are already in DATASETS.
 
     The loader returns numpy arrays, images (N, C, H, W) either uint8 (0-255) or floating point
     already in [0, 1]; `load_split` checks them against the declared shape and converts them.
     `directory` is the dataset's own folder under the data directory.
     """
+    get_dataset(name)
+    return _LOADERS.register(name, lambda loader: loader)
+
+
+def register_dataset(
+    name: str, *, channels: int, height: int, width: int, classes: int, augment: bool, description: str,
+    train_size: int, test_size: int, paper_epochs: int, preset: str = "small",
+) -> Callable[[Loader], Loader]:
+    """Decorator: a new dataset, its facts and its loader in one step (see `register_loader`)."""
+    info = DatasetInfo(name, channels, height, width, classes, train_size, test_size, paper_epochs, augment, preset, description)
 
     def decorate(loader: Loader) -> Loader:
-        if name in DATASETS:
-            raise DataError(f"dataset {name!r} registered twice")
-        DATASETS[name] = DatasetInfo(name, channels, height, width, classes, augment, description, input_kind)
-        _LOADERS[name] = loader
-        return loader
+        add_dataset(info)
+        return register_loader(name)(loader)
 
     return decorate
-
-
-def list_datasets() -> list[str]:
-    return list(DATASETS)
-
-
-def get_dataset(name: str) -> DatasetInfo:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
 
 
 def default_data_dir() -> Path:
@@ -124,7 +94,7 @@ def load_split(
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    images, labels = _LOADERS[name](split, root / name, download)
+    images, labels = _LOADERS.get(name)(split, root / name, download)
     _check(info, split, images, labels)
     return _to_unit_float(images), torch.from_numpy(labels.astype(np.int64))
 
@@ -148,66 +118,47 @@ def _to_unit_float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(scaled))
 
 
-@register_dataset(
-    "digits", channels=1, height=8, width=8, classes=10, augment=False,
-    description="scikit-learn's bundled 8x8 handwritten digits, 1437 train / 360 test; no download",
-)
+@register_loader("digits")
 def _digits(split: str, directory: Path, download: bool) -> Arrays:
     # Imported here: scikit-learn takes about a second to import and only this loader needs it.
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     order = np.random.RandomState(DIGITS_SEED).permutation(len(bunch.target))
-    rows = order[:DIGITS_TRAIN] if split == "train" else order[DIGITS_TRAIN:]
+    train_size = get_dataset("digits").train_size
+    rows = order[:train_size] if split == "train" else order[train_size:]
     return (bunch.images[rows] / 16.0)[:, None], bunch.target[rows]
 
 
-@register_dataset(
-    "mnist", channels=1, height=28, width=28, classes=10, augment=False,
-    description="MNIST handwritten digits, 60000 train / 10000 test (IDX .gz files in data_dir/mnist)",
-)
+@register_loader("mnist")
 def _mnist(split: str, directory: Path, download: bool) -> Arrays:
     return load_mnist(directory, split, download)
 
 
-@register_dataset(
-    "fashion-mnist", channels=1, height=28, width=28, classes=10, augment=False,
-    description="Zalando's Fashion-MNIST, 60000 train / 10000 test (Debian's dataset-fashion-mnist, else data_dir)",
-)
+@register_loader("fashion-mnist")
 def _fashion_mnist(split: str, directory: Path, download: bool) -> Arrays:
     return load_fashion_mnist(directory, split, download)
 
 
-@register_dataset(
-    "cifar10", channels=3, height=32, width=32, classes=10, augment=True,
-    description="CIFAR-10, 50000 train / 10000 test (python batches in data_dir/cifar10)",
-)
+@register_loader("cifar10")
 def _cifar10(split: str, directory: Path, download: bool) -> Arrays:
     return load_cifar10(directory, split, download)
 
 
-@register_dataset(
-    "tiny-imagenet", channels=3, height=64, width=64, classes=TINY_IMAGENET_CLASSES, augment=True,
-    description="Tiny-ImageNet, first 50 classes (sorted ids): 25000 train / 2500 val as test (data_dir/tiny-imagenet)",
-)
+@register_loader("tiny-imagenet")
 def _tiny_imagenet(split: str, directory: Path, download: bool) -> Arrays:
-    return load_tiny_imagenet(directory, split, download, TINY_IMAGENET_CLASSES)
+    return load_tiny_imagenet(directory, split, download, get_dataset("tiny-imagenet").classes)
 
 
-def _register_series(info: SeriesInfo) -> None:
-    """A UCR/UEA set of ssmbench.timeseries as a registry entry (never augmented)."""
-
+def _series_loader(name: str) -> Loader:
     def load(split: str, directory: Path, download: bool) -> Arrays:
-        return read_series(info, split)
+        return read_series(name, split)  # shipped inside ssmbench: no directory, no download
 
-    register_dataset(
-        info.name, channels=info.channels, height=1, width=info.length, classes=info.classes, augment=False,
-        description=f"{info.description}; {info.train_size} train / {info.test_size} test, shipped", input_kind="sequence",
-    )(load)
+    return load
 
 
-for _series in SERIES.values():
-    _register_series(_series)
+for _name in SERIES:
+    register_loader(_name)(_series_loader(_name))
 
 
 def augment(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -194,7 +194,7 @@ class Aggregate:
 
 
 @dataclass(frozen=True)
-class _Line:
+class Line:
     """One family's rows in one table, keyed by (checkpoint kind, suite), one row per seed."""
 
     family: Family
@@ -232,7 +232,7 @@ class _Line:
         return "not checked" if not checked else f"passed on {checked} of {len(rows)} results"
 
 
-def same_as_above(line: _Line, above: _Line) -> bool:
+def same_as_above(line: Line, above: Line) -> bool:
     """Whether `line` is not significantly different from `above` on the sorting metric (best AA,
     else best PGD-10): a paired McNemar test when each is one row with per-example outcomes on
     the same examples, else Fisher's exact test on the pooled counts."""
@@ -254,25 +254,35 @@ def render_markdown(rows: Sequence[ResultRow]) -> str:
 
     Only the paper's suites (PGD-10, AutoAttack) at best/last checkpoints appear; the output
     depends on the rows alone, not on their order."""
+    tables = leaderboard_lines(rows)
+    parts = [PREAMBLE]
+    if not tables:
+        parts.append("No results yet.\n")
+    for key, lines in tables.items():
+        parts.append(_render_table(key, lines))
+    return "\n".join(parts)
+
+
+def leaderboard_lines(rows: Sequence[ResultRow]) -> dict[TableKey, list[Line]]:
+    """The published tables: per (dataset, threat model, eps), sorted, one line per family.
+
+    Only the paper's suites (PGD-10, AutoAttack) at best/last checkpoints appear, each family's
+    newest row per seed; lines are in ranking order (best AA, then PGD-10). The markdown and the
+    HTML site both render these, so they never disagree."""
     shown = [r for r in rows if r.suite in SUITES and r.checkpoint_kind in KINDS]
     tables: dict[TableKey, dict[Family, dict[tuple[str, str], list[ResultRow]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
     for ((table, family, kind, suite), _), row in sorted(newest_per_seed(shown).items(), key=lambda item: item[0][1]):
         tables[table][family][(kind, suite)].append(row)
-    parts = [PREAMBLE]
-    if not tables:
-        parts.append("No results yet.\n")
-    for key in sorted(tables):
-        lines = sorted(
-            (_Line(f, {cell: tuple(rows) for cell, rows in cells.items()}) for f, cells in tables[key].items()),
-            key=_Line.sort_key,
-        )
-        parts.append(_render_table(key, lines))
-    return "\n".join(parts)
+    return {
+        key: sorted((Line(f, {cell: tuple(rows) for cell, rows in cells.items()}) for f, cells in tables[key].items()),
+                    key=Line.sort_key)
+        for key in sorted(tables)
+    }
 
 
-def _render_table(key: TableKey, lines: list[_Line]) -> str:
+def _render_table(key: TableKey, lines: list[Line]) -> str:
     metrics = ["CA", *SUITES]
     names = ["CA", *(short for short, _ in SUITES.values())]
     header = ["Model", "Method", "Train ε", "Seeds", SAME_MARK]
@@ -307,7 +317,7 @@ def _render_table(key: TableKey, lines: list[_Line]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _caption(lines: list[_Line]) -> str:
+def _caption(lines: list[Line]) -> str:
     """How many test examples each suite used in this table (they may differ per model), and on
     what the best checkpoints were selected."""
     counts: dict[str, set[int]] = defaultdict(set)
@@ -343,7 +353,9 @@ def robustbench_entries(rows: Sequence[ResultRow]) -> dict[str, dict[str, object
     One entry per model (family x checkpoint kind x eval eps) with an AutoAttack result, since
     RobustBench ranks by it. "reported" is our PGD-10 number (AutoAttack's when there is none);
     link, authors and venue are left empty for the model's authors to fill in, as in the files
-    RobustBench itself generates."""
+    RobustBench itself generates. Every field of RobustBench's model_info files is written
+    (`model_info/<dataset>/Linf/*.json` and the "flags" its leaderboard template reads), with
+    "unreliable" true when any of our sanity checks flagged the AutoAttack or PGD-10 result."""
     models: dict[tuple[TableKey, Family, str], dict[str, ResultRow]] = defaultdict(dict)
     for (table, family, kind, suite), row in newest_per_cell(rows).items():
         models[(table, family, kind)][suite] = row
@@ -373,10 +385,22 @@ def robustbench_entries(rows: Sequence[ResultRow]) -> dict[str, dict[str, object
             "clean_acc": str(percent(reported.clean_acc)),
             "reported": str(percent(reported.robust_acc)),
             "autoattack_acc": str(percent(aa.robust_acc)),
+            "external": _external(aa, by_suite.get("all")),
             "footnote": _footnote(aa, pgd),
+            "flags": sorted(set(aa.flags) | set(pgd.flags if pgd else ())),
             "unreliable": bool(aa.flags or (pgd is not None and pgd.flags)),
         }
     return entries
+
+
+def _external(aa: ResultRow, combined: ResultRow | None) -> str:
+    """RobustBench's "AA + external": the worst case of AutoAttack and other attacks, per example.
+
+    Our "all" suite is exactly that (PGD-10, then AutoAttack on what it left standing); it counts
+    only when it ran on the same examples as the AutoAttack result. "" (N/A) otherwise."""
+    if combined is None or combined.example_set != aa.example_set or combined.n_examples != aa.n_examples:
+        return ""
+    return str(percent(combined.robust_acc))
 
 
 def _footnote(aa: ResultRow, pgd: ResultRow | None) -> str:

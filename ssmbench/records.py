@@ -8,6 +8,7 @@ if every writer fills every field (train eps of standard training, versions, dev
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -21,28 +22,71 @@ from ssmbench.leaderboard import ResultRow, utc_now
 from ssmbench.outcomes import PerExample, first_n
 
 
+@dataclass(frozen=True)
+class ModelLabels:
+    """What a row says about the model measured, apart from the measurement itself.
+
+    A checkpoint fills every field from its metadata; a model the user brings (`ssmbench.byom`)
+    has only a name and a dataset, and the rest keeps the defaults ("" = not known).
+    """
+
+    dataset: str
+    arch: str
+    ads: str = "none"
+    attention: bool = False
+    method: str = ""
+    train_eps: float = 0.0
+    checkpoint_kind: str = ""
+    train_seed: int = 0
+    selection: str = "test"
+
+    @classmethod
+    def of_checkpoint(cls, meta: CheckpointMeta) -> ModelLabels:
+        config = meta.config
+        method = str(meta.training.get("method", ""))
+        return cls(
+            dataset=config.dataset,
+            arch=family_name(config),  # 's4 (released)' and 's4' are different models, so different lines
+            ads=config.ads,
+            attention=config.attention,
+            method=method,
+            train_eps=0.0 if method == "st" else float(meta.training.get("eps", 0.0)),  # standard training has no eps
+            checkpoint_kind=meta.kind,
+            train_seed=meta.seed,
+            # Checkpoints written before held-out selection existed chose best on the test set.
+            selection=str(meta.training.get("selection", "test")),
+        )
+
+
 def result_row(
     run_id: str, model: str, meta: CheckpointMeta, result: EvalResult, sha256: str, split: str = "test"
 ) -> ResultRow:
     """The row for `result`, measured on the checkpoint described by `meta` with file hash `sha256`.
 
     `model` is the name as the user gave it (a path or a zoo name); it is recorded verbatim.
+    """
+    return labelled_row(run_id, model, ModelLabels.of_checkpoint(meta), result, sha256, split)
+
+
+def labelled_row(
+    run_id: str, model: str, labels: ModelLabels, result: EvalResult, sha256: str, split: str = "test"
+) -> ResultRow:
+    """The row for `result` on the model that `labels` describe; `sha256` identifies its weights.
+
     The row keeps the per-example outcomes and what identifies the examples (the first N of
     `split`, their label hash), and which checks ran on how many examples.
     """
-    config = meta.config
-    method = str(meta.training.get("method", ""))
     return ResultRow(
         run_id=run_id,
         time=utc_now(),
         model=model,
-        dataset=config.dataset,
-        arch=family_name(config),  # 's4 (released)' and 's4' are different models, so different lines
-        ads=config.ads,
-        attention=config.attention,
-        method=method,
-        train_eps=0.0 if method == "st" else float(meta.training.get("eps", 0.0)),  # standard training has no eps
-        checkpoint_kind=meta.kind,
+        dataset=labels.dataset,
+        arch=labels.arch,
+        ads=labels.ads,
+        attention=labels.attention,
+        method=labels.method,
+        train_eps=labels.train_eps,
+        checkpoint_kind=labels.checkpoint_kind,
         checkpoint_sha256=sha256,
         threat_model=result.threat_model,
         eps=result.eps,
@@ -59,9 +103,8 @@ def result_row(
         wall_seconds=result.wall_seconds,
         ssmbench_version=__version__,
         torch_version=torch.__version__,
-        train_seed=meta.seed,
-        # Checkpoints written before held-out selection existed chose best on the test set.
-        selection=str(meta.training.get("selection", "test")),
+        train_seed=labels.train_seed,
+        selection=labels.selection,
         split=split,
         examples=first_n(result.n_examples),
         labels_sha256=result.labels_sha256,

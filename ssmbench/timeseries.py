@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model_zoo.datasets import get_dataset
 from ssmbench.datasets import DataError
 
 FILES = Path(__file__).parent / "datasets" / "ucr"
@@ -39,30 +40,23 @@ SPLIT_FILES = {"train": "TRAIN", "test": "TEST"}
 
 
 @dataclass(frozen=True)
-class SeriesInfo:
-    """One archive data set as its documentation publishes it (sizes are checked on every load)."""
+class SeriesFiles:
+    """Where a registered sequence set's files are and how to read them; its sizes (channels,
+    length, classes, split sizes) are the dataset registry's (model_zoo.datasets), checked on load."""
 
     name: str
     archive_name: str
-    channels: int
-    length: int
-    classes: int
-    train_size: int
-    test_size: int
-    variable_length: bool
-    description: str
+    variable_length: bool = False
 
 
-# Sizes from the archives' published summaries (UCR 2018 DataSummary for the univariate sets,
-# the UEA multivariate archive's table for BasicMotions and JapaneseVowels).
-SERIES: dict[str, SeriesInfo] = {
-    info.name: info
-    for info in (
-        SeriesInfo("gunpoint", "GunPoint", 1, 150, 2, 50, 150, False, "UCR GunPoint: hand x-position, gun-draw vs point"),
-        SeriesInfo("italypowerdemand", "ItalyPowerDemand", 1, 24, 2, 67, 1029, False, "UCR ItalyPowerDemand: a day of Italian power demand, winter vs summer"),
-        SeriesInfo("acsf1", "ACSF1", 1, 1460, 10, 100, 100, False, "UCR ACSF1: appliance power consumption, 10 appliance types"),
-        SeriesInfo("basicmotions", "BasicMotions", 6, 100, 4, 40, 40, False, "UEA BasicMotions: smart-watch accelerometer + gyroscope, 4 activities"),
-        SeriesInfo("japanesevowels", "JapaneseVowels", 12, 29, 9, 270, 370, True, "UEA JapaneseVowels: 12 LPC cepstra, 9 speakers (7-29 steps, resampled)"),
+SERIES: dict[str, SeriesFiles] = {
+    files.name: files
+    for files in (
+        SeriesFiles("gunpoint", "GunPoint"),
+        SeriesFiles("italypowerdemand", "ItalyPowerDemand"),
+        SeriesFiles("acsf1", "ACSF1"),
+        SeriesFiles("basicmotions", "BasicMotions"),
+        SeriesFiles("japanesevowels", "JapaneseVowels", variable_length=True),
     )
 }
 
@@ -133,43 +127,45 @@ def resample(case: np.ndarray, length: int) -> np.ndarray:
     return np.stack([np.interp(new, old, channel) for channel in case])
 
 
-def get_series(name: str) -> SeriesInfo:
+def get_series(name: str) -> SeriesFiles:
     try:
         return SERIES[name]
     except KeyError:
         raise DataError(f"unknown time-series data set {name!r}; choose one of {', '.join(SERIES)}") from None
 
 
-def series_path(info: SeriesInfo, split: str) -> Path:
+def series_path(files: SeriesFiles, split: str) -> Path:
     if split not in SPLIT_FILES:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_FILES)}")
-    return FILES / f"{info.archive_name}_{SPLIT_FILES[split]}.ts.gz"
+    return FILES / f"{files.archive_name}_{SPLIT_FILES[split]}.ts.gz"
 
 
-def read_series(info: SeriesInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (N, C, L) in the archive's units and int64 labels of one split, checked against `info`."""
-    path = series_path(info, split)
+def read_series(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (N, C, L) in the archive's units and int64 labels of one split, checked against the registry."""
+    files, info = get_series(name), get_dataset(name)
+    length = info.width
+    path = series_path(files, split)
     try:
         text = gzip.decompress(path.read_bytes()).decode("utf-8")
     except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise DataError(f"{info.name}: cannot read {path} ({exc}); reinstall ssmbench, which ships it") from None
+        raise DataError(f"{name}: cannot read {path} ({exc}); reinstall ssmbench, which ships it") from None
     parsed = parse_ts(text, str(path))
     lengths = {case.shape[1] for case in parsed.cases}
-    if not info.variable_length and lengths != {info.length}:
-        raise DataError(f"{path}: series of length {sorted(lengths)}, expected {info.length}")
-    series = np.stack([resample(case, info.length) for case in parsed.cases]).astype(np.float32)
-    index = {name: i for i, name in enumerate(parsed.class_names)}
+    if not files.variable_length and lengths != {length}:
+        raise DataError(f"{path}: series of length {sorted(lengths)}, expected {length}")
+    series = np.stack([resample(case, length) for case in parsed.cases]).astype(np.float32)
+    index = {class_name: i for i, class_name in enumerate(parsed.class_names)}
     labels = np.array([index[label] for label in parsed.labels], dtype=np.int64)
     expected = info.train_size if split == "train" else info.test_size
-    if series.shape != (expected, info.channels, info.length) or len(parsed.class_names) != info.classes:
+    if series.shape != (expected, info.channels, length) or len(parsed.class_names) != info.classes:
         raise DataError(
             f"{path}: {series.shape} with {len(parsed.class_names)} classes, "
-            f"expected {(expected, info.channels, info.length)} with {info.classes}"
+            f"expected {(expected, info.channels, length)} with {info.classes}"
         )
     return series, labels
 
 
 def load_series(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw-unit series float32 (N, C, L) and int64 labels (N,) of `split`."""
-    series, labels = read_series(get_series(name), split)
+    series, labels = read_series(name, split)
     return torch.from_numpy(series), torch.from_numpy(labels)

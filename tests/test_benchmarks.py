@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,18 +15,19 @@ import pytest
 import torch
 
 import benchmarks
-from benchmarks import BENCHMARKS, Report, RunOptions, Task, run_benchmarks
+from benchmarks import BENCHMARKS, Context, Report, RunOptions, Task, commit_worker, run_benchmarks
+from benchmarks.commit import ROOT, baseline_worktree
 from benchmarks.mamba import MAMBAPY_INSTALL, use_mambapy
 from benchmarks.mixers import ARCHS, tiny_overrides, use_recurrences
-from benchmarks.runner import cpu_model, measure, measure_here
+from benchmarks.runner import BASELINE_COMMIT, cpu_model, measure, measure_here
 from model_zoo import build_model, list_models
 from model_zoo.layers import mamba as mamba_layer
 from ssmbench.cli import main
 
-NAMES = ["mixers", "mamba", "pgd", "autoattack", "at_epoch"]
+NAMES = ["mixers", "mamba", "pgd", "autoattack", "at_epoch", "commit"]
 
 
-def test_registry_holds_the_five_benchmarks_in_run_order() -> None:
+def test_registry_holds_the_six_benchmarks_in_run_order() -> None:
     assert list(BENCHMARKS) == NAMES
     assert all(spec.description for spec in BENCHMARKS.values())
 
@@ -160,6 +162,41 @@ def test_tiny_run_times_both_sides_of_every_benchmark(tiny_report: Report) -> No
         assert 0.0 <= row.fields["robust_acc_ours"] <= 1.0 and "agree" in row.fields
 
 
+def test_commit_benchmark_runs_this_tree_and_the_baseline_commit_side_by_side(tiny_report: Report) -> None:
+    rows = [row for row in tiny_report.rows if row.benchmark == "commit"]
+    cases = [row.case.split(",")[0] for row in rows]
+    assert cases == ["PGD-AT epoch", "fwd+bwd", "AutoAttack standard", "AutoAttack standard", "GFLOP/s of the S4 training pass"]
+    assert rows[0].baseline.label == f"commit {BASELINE_COMMIT}"
+    assert rows[3].baseline.label == "AutoAttack.run_standard_evaluation"
+    # Both sides trained the same model from the same seed: the weights agree up to the rounding
+    # of the short-L convolution (direct here, FFT in the baseline).
+    assert 0.0 <= rows[0].fields["max_weight_diff"] < 1e-3
+    for row in rows[2:4]:
+        assert row.fields["same_outcomes"] is True and row.fields["robust_acc_ours"] == row.fields["robust_acc_baseline"]
+        assert row.fields["s_per_example_ours"] == pytest.approx(row.ours.seconds / 2)
+    gflops = rows[4].fields
+    assert gflops["ours_gflops"] > 0 and gflops["matmul_gflops"] > 0
+    assert gflops["ours_fraction_of_matmul"] == pytest.approx(gflops["ours_gflops"] / gflops["matmul_gflops"])
+    # The temporary worktree is gone.
+    listed = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+    assert "ssmbench-bench-" not in listed
+
+
+def test_a_baseline_commit_that_does_not_exist_is_a_skipped_side_with_the_reason(tmp_path: Path) -> None:
+    context = Context("tiny", RunOptions(threads=1, baseline_commit="no-such-revision"), tmp_path)
+    tree, why = baseline_worktree(context, "no-such-revision")
+    assert tree is None and "cannot check out baseline commit no-such-revision" in why
+
+
+def test_the_worker_counts_fft_flops_that_torch_leaves_out() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False, custom_mapping=commit_worker._FFTFlops.mapping())
+    with counter:
+        torch.fft.rfft(torch.randn(3, 1024))
+    assert counter.get_total_flops() == pytest.approx(3 * 2.5 * 1024 * 10)
+
+
 def test_report_names_the_machine_in_markdown_and_json(tiny_report: Report, tmp_path: Path) -> None:
     text = tiny_report.markdown()
     machine = text.splitlines()[0]
@@ -185,6 +222,8 @@ def test_cli_writes_the_results_and_prints_the_table(
     out = tmp_path / "bench.json"
     assert main(["bench", "pgd", "mixers", "--quick", "--device", "cpu", "--threads", "1", "--out", str(out), "--markdown"]) == 0
     assert calls == [(["pgd", "mixers"], "quick", RunOptions(device="cpu", threads=1))]
+    assert main(["bench", "commit", "--quick", "--baseline-commit", "abc123", "--out", str(out)]) == 0
+    assert calls[-1] == (["commit"], "quick", RunOptions(device=calls[-1][2].device, baseline_commit="abc123"))
     printed = capsys.readouterr().out
     assert "| mixers | s4 " in printed and out.is_file() and out.with_suffix(".md").is_file()
 

@@ -28,8 +28,9 @@ from model_zoo.errors import UsageError
 from model_zoo.training import EpochRecord, TrainObserver, get_method, read_history
 from model_zoo.training import trainer as trainer_module
 from model_zoo.training.distributed import DataParallel, Workers, shard_bounds
-from model_zoo.training.methods import MethodContext
+from model_zoo.training.methods import MethodContext, YopoParams
 from model_zoo.training.perturb import input_gradient, pgd
+from model_zoo.training.settings import ThreatModel
 from model_zoo.training.trainer import EVAL_STEPS, TrainConfig, evaluate_pgd10, resolve_precision, seed_everything, train
 from ssmbench.data import load_split
 from ssmbench.evaluate import evaluate
@@ -85,8 +86,8 @@ def tiny(seed):
 
 with distributed.process_group(torch.device("cpu")):
     for method in plan["methods"]:
-        train(tiny(0), *data, TrainConfig(method=method, **plan["config"]), out / method)
-    resume = TrainConfig(**plan["resume"])
+        train(tiny(0), *data, TrainConfig.from_settings(method=method, **plan["config"]), out / method)
+    resume = TrainConfig.from_settings(**plan["resume"])
     try:
         train(tiny(resume.seed), *data, resume, out / "resumed", observer=StopAfterFirstEpoch())
     except KeyboardInterrupt:
@@ -96,7 +97,7 @@ with distributed.process_group(torch.device("cpu")):
     refused = []
     for overrides in plan["refused"]:
         try:
-            train(tiny(0), *data, TrainConfig(method="st", **{**plan["config"], **overrides}), out / "refused")
+            train(tiny(0), *data, TrainConfig.from_settings(method="st", **{**plan["config"], **overrides}), out / "refused")
         except UsageError as exc:
             refused.append(str(exc))
     model, _ = load(plan["eval_checkpoint"])
@@ -152,15 +153,15 @@ def job(data: tuple[Data, Data], tmp_path_factory: pytest.TempPathFactory) -> Jo
     root = tmp_path_factory.mktemp("distributed")
     one, two = root / "one", root / "two"
     for method in METHODS:
-        train(tiny_model(), *data, TrainConfig(method=method, **CONFIG), one / method)
-    resume = TrainConfig(**RESUME)
+        train(tiny_model(), *data, TrainConfig.from_settings(method=method, **CONFIG), one / method)
+    resume = TrainConfig.from_settings(**RESUME)
     train(tiny_model(RESUME["seed"]), *data, resume, one / "resumed")
     with pytest.raises(KeyboardInterrupt):  # killed after epoch 1 in one process, resumed by two
         train(tiny_model(RESUME["seed"]), *data, resume, two / "killed-by-one", observer=StopAfterFirstEpoch())
     # A model that is right on about half of the digits and robust on fewer, so that flags can disagree.
     seed_everything(0)
     evaluated = build_model("s4d", "digits", d_model=32, d_state=16, n_layers=1)
-    train(evaluated, *data, TrainConfig(method="st", epochs=5, batch_size=32, lr=1e-2, eval_examples=16), root / "eval")
+    train(evaluated, *data, TrainConfig.from_settings(method="st", epochs=5, batch_size=32, lr=1e-2, eval_examples=16), root / "eval")
     plan = {"out": str(two), "model": MODEL, "methods": METHODS, "config": CONFIG, "resume": RESUME,
             "killed_by_one_process": str(two / "killed-by-one"), "refused": REFUSED,
             "eval_checkpoint": str(root / "eval" / "last.safetensors"), "eval": EVAL}
@@ -259,7 +260,7 @@ def test_precision_auto_is_fp32_on_cpu_and_bf16_is_refused_there() -> None:
     with pytest.raises(UsageError, match="bf16 needs a CUDA device"):
         resolve_precision("bf16", cpu)
     with pytest.raises(UsageError, match="precision must be one of auto, fp32, bf16"):
-        TrainConfig(precision="fp16")
+        TrainConfig.from_settings(precision="fp16")
 
 
 class AutocastProbe:
@@ -282,7 +283,7 @@ def test_bf16_autocast_covers_the_update_passes_only(
     monkeypatch.setattr(trainer_module, "resolve_precision", lambda precision, device: torch.bfloat16)
     model = tiny_model()
     probe = AutocastProbe(model)
-    config = TrainConfig(method="pgd", epochs=1, batch_size=16, steps=2, train_examples=32, eval_examples=16)
+    config = TrainConfig.from_settings(method="pgd", epochs=1, batch_size=16, steps=2, train_examples=32, eval_examples=16)
     result = train(model, *data, config, tmp_path)
     update = [c for c in probe.calls if c[0] and not c[1] and c[2]]
     others = [c for c in probe.calls if c not in update]
@@ -341,7 +342,7 @@ def test_input_gradient_passes_start_no_allreduce(data: tuple[Data, Data], monke
 
     def yopo_weights(model: torch.nn.Module) -> list[torch.Tensor]:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        context = MethodContext(optimizer, eps=0.1, alpha=0.03, yopo_m=3, yopo_n=2, generator=torch.Generator().manual_seed(4))
+        context = MethodContext(optimizer, YopoParams(m=3, n=2), ThreatModel(eps=0.1, alpha=0.03), generator=torch.Generator().manual_seed(4))
         get_method("yopo")(model, x, y, context)
         return [p.detach().clone() for p in model.parameters()]
 

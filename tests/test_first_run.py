@@ -125,7 +125,7 @@ def test_training_curves_are_titled_with_the_leaderboard_label_and_seed(tmp_path
     monkeypatch.setattr("model_zoo.training.trainer.plot_curves", lambda records, path, title="": titles.append(title))
     x, y = load_split("digits", "train")
     test = load_split("digits", "test")
-    config = TrainConfig(method="pgd", epochs=1, batch_size=16, train_examples=16, eval_examples=8, seed=3)
+    config = TrainConfig.from_settings(method="pgd", epochs=1, batch_size=16, train_examples=16, eval_examples=8, seed=3)
     train(_tiny(3, ads="tanh"), (x, y), (test[0][:8], test[1][:8]), config, tmp_path / "run")
     label = Family("s4d", "tanh", False, "pgd", 8 / 255).label  # what the leaderboard calls this model
     assert titles and titles[-1] == f"{label}, PGD-AT on digits, seed 3"

@@ -24,7 +24,7 @@ from model_zoo.errors import UsageError
 from ssmbench import leaderboard as lb
 from ssmbench.cli import leaderboard as cli_leaderboard
 from ssmbench.cli import main
-from ssmbench.leaderboard_render import PREAMBLE
+from ssmbench.leaderboard_render import PREAMBLE, robustbench_entries
 
 REPO = Path(__file__).resolve().parents[1]
 # Columns that results schema 2 added; a file without them is a version-1 file.
@@ -284,9 +284,11 @@ def test_publish_is_deterministic_whatever_the_row_order(tmp_path: Path) -> None
 
 # -- exports ------------------------------------------------------------------------------------
 
+# Every field of RobustBench's model_info files (e.g. model_info/cifar10/Linf/Xiao2020Enhancing.json:
+# "external", "unreliable") and the "flags" that robustbench/leaderboard/leaderboard.html.j2 reads.
 ROBUSTBENCH_KEYS = {
     "link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
-    "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "footnote", "unreliable",
+    "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "external", "footnote", "flags", "unreliable",
 }
 
 
@@ -299,8 +301,19 @@ def test_robustbench_export_has_one_model_info_per_model(tmp_path: Path) -> None
     a_best = infos["digits/Linf/s4d_ads-relu_noattn_pgd_train-8-255_best_eps-8-255.json"]
     assert (a_best["clean_acc"], a_best["reported"], a_best["autoattack_acc"]) == ("91.25", "51.50", "48.25")
     assert (a_best["eps"], a_best["dataset"], a_best["unreliable"]) == ("8/255", "digits", False)
+    assert (a_best["flags"], a_best["external"]) == ([], "")  # no flag; no "all" suite run: N/A
     b_best = infos["digits/Linf/s4d_ads-none_attn_trades_train-8-255_best_eps-8-255.json"]
-    assert b_best["unreliable"] is True and "zero-gradients" in b_best["footnote"]
+    assert b_best["unreliable"] is True and "zero-gradients" in b_best["footnote"] and "zero-gradients" in b_best["flags"]
+
+
+def test_robustbench_external_is_the_all_suite_on_the_same_examples(tmp_path: Path) -> None:
+    aa = make_row(run_id="aa", suite="autoattack", robust_acc=0.5, per_attack={"apgd-ce": 0.5}, n_examples=40)
+    combined = make_row(run_id="all", suite="all", robust_acc=0.45, per_attack={"pgd10": 0.6, "apgd-ce": 0.45}, n_examples=40)
+    (info,) = robustbench_entries([aa, combined]).values()
+    assert (info["autoattack_acc"], info["external"]) == ("50.00", "45.00")
+    other = make_row(run_id="all2", suite="all", robust_acc=0.45, per_attack={"pgd10": 0.6, "apgd-ce": 0.45}, n_examples=20)
+    (info,) = robustbench_entries([aa, other]).values()
+    assert info["external"] == ""  # other examples: not comparable
 
 
 def test_robustbench_export_without_autoattack_is_an_error(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from model_zoo import build_model
+from model_zoo.training import TrainConfig
 from model_zoo.training.methods import METHODS, MethodContext, get_method, list_methods
 from model_zoo.training.perturb import input_gradient, project
 from ssmbench.data import load_split
@@ -28,12 +29,13 @@ def tiny_model(**options: object) -> torch.nn.Module:
     return build_model("s4d", "digits", d_model=16, d_state=8, n_layers=1, **options).train()
 
 
-def context(model: torch.nn.Module, **overrides: object) -> MethodContext:
+def context(model: torch.nn.Module, method: str, **overrides: object) -> MethodContext:
+    """`method`'s context: the threat model and its own parameters from the flat settings."""
     # weight_decay 0: AdamW's decay alone would change the weights even with zero gradients.
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
-    values = {"eps": EPS, "alpha": EPS / 4, "steps": 3, "freeat_m": 2, "yopo_m": 2, "yopo_n": 2,
-              "generator": torch.Generator().manual_seed(0), **overrides}
-    return MethodContext(optimizer=optimizer, **values)
+    settings = {"eps": EPS, "alpha": EPS / 4, "steps": 3, "freeat_m": 2, "yopo_m": 2, "yopo_n": 2, **overrides}
+    config = TrainConfig.from_settings(method=method, **settings)
+    return MethodContext(optimizer, config.method_params, config.threat, generator=torch.Generator().manual_seed(0))
 
 
 def count_steps(optimizer: torch.optim.Optimizer) -> list[int]:
@@ -59,7 +61,7 @@ def test_method_trains_inside_the_threat_model(name: str, digits: tuple[torch.Te
     images, labels = digits
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    ctx = context(model)
+    ctx = context(model, name)
     for start in range(0, len(images), 40):  # batches of 40, 40, 16: a smaller last batch too
         x, y = images[start : start + 40], labels[start : start + 40]
         out = get_method(name)(model, x, y, ctx)
@@ -89,7 +91,7 @@ def test_trades_loss_is_ce_plus_beta_kl(digits: tuple[torch.Tensor, torch.Tensor
     x, y = digits[0][:32], digits[1][:32]
     model = tiny_model()
     reference = copy.deepcopy(model)
-    out = get_method("trades")(model, x, y, context(model, trades_beta=6.0))
+    out = get_method("trades")(model, x, y, context(model, "trades", trades_beta=6.0))
     p = torch.softmax(reference(x).double(), dim=1)
     q = torch.softmax(reference(out.x_adv).double(), dim=1)
     ce = -torch.log(p[torch.arange(len(y)), y]).mean()
@@ -106,7 +108,7 @@ def test_mart_loss_matches_its_definition(digits: tuple[torch.Tensor, torch.Tens
     x, y = digits[0][:32], digits[1][:32]
     model = tiny_model()
     reference = copy.deepcopy(model)
-    out = get_method("mart")(model, x, y, context(model, mart_beta=6.0))
+    out = get_method("mart")(model, x, y, context(model, "mart", mart_beta=6.0))
     with torch.no_grad():
         clean = torch.softmax(reference(x).double(), dim=1)
         adv = torch.softmax(reference(out.x_adv).double(), dim=1)
@@ -122,7 +124,7 @@ def test_mart_loss_matches_its_definition(digits: tuple[torch.Tensor, torch.Tens
 def test_freeat_replays_m_times_and_carries_delta(digits: tuple[torch.Tensor, torch.Tensor]) -> None:
     images, labels = digits
     model = tiny_model()
-    ctx = context(model, freeat_m=3)
+    ctx = context(model, "freeat", freeat_m=3)
     steps, inputs = count_steps(ctx.optimizer), record_inputs(model)
     first, second = (images[:32], labels[:32]), (images[32:52], labels[32:52])
 
@@ -144,7 +146,7 @@ def test_freeat_replays_m_times_and_carries_delta(digits: tuple[torch.Tensor, to
 def test_yopo_inner_steps_use_only_the_first_layer(digits: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = digits[0][:32], digits[1][:32]
     model = tiny_model()
-    ctx = context(model, yopo_m=3, yopo_n=2)
+    ctx = context(model, "yopo", yopo_m=3, yopo_n=2)
     calls = {"encoder": 0, "block": 0, "backward": 0}
     model.encoder.register_forward_hook(lambda *_: calls.__setitem__("encoder", calls["encoder"] + 1))
     model.blocks[0].register_forward_hook(lambda *_: calls.__setitem__("block", calls["block"] + 1))
@@ -162,7 +164,7 @@ def test_yopo_first_inner_step_is_an_fgsm_step(digits: tuple[torch.Tensor, torch
     model = tiny_model()
     reference = copy.deepcopy(model)
     inputs = record_inputs(model)
-    get_method("yopo")(model, x, y, context(model, yopo_m=2, yopo_n=1))
+    get_method("yopo")(model, x, y, context(model, "yopo", yopo_m=2, yopo_n=1))
     gradient = input_gradient(reference, inputs[0], y, F.cross_entropy)
     expected = project(inputs[0] + EPS / 4 * gradient.sign(), x, EPS)
     agree = torch.isclose(inputs[1], expected, atol=1e-6).float().mean().item()
@@ -176,7 +178,7 @@ def test_trades_starts_unclamped_as_the_reference(digits: tuple[torch.Tensor, to
     x, y = digits[0][:32], digits[1][:32]
     model = tiny_model()
     reference = copy.deepcopy(model)
-    out = get_method("trades")(model, x, y, context(model, steps=2, trades_beta=6.0))
+    out = get_method("trades")(model, x, y, context(model, "trades", steps=2, trades_beta=6.0))
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     start = x + 0.001 * noise
     assert (start < 0).any(), "digits have black pixels: the reference start leaves [0, 1] there"
@@ -216,7 +218,7 @@ def test_freeat_takes_the_gradient_through_the_clamp(digits: tuple[torch.Tensor,
     reference = copy.deepcopy(model)
     # 8 replays: within the first few the gradient at a clamped pixel seldom changes sign, so a
     # gradient taken after the clamp (which keeps pushing those pixels) would go unnoticed.
-    ctx = context(model, freeat_m=8)
+    ctx = context(model, "freeat", freeat_m=8)
     get_method("freeat")(model, x, y, ctx)
     expected = _free_at_reference(reference, x, y, 8)
     # Pixels that the previous replay pushed out of [0, 1] get no gradient and keep their delta.
@@ -234,7 +236,7 @@ def test_single_pass_methods_take_fp32_gradients_under_autocast(name: str, digit
     runs = []
     for autocast in (False, True):
         model = tiny_model()
-        ctx = context(model)
+        ctx = context(model, name)
         with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=autocast):
             out = get_method(name)(model, x, y, ctx)
         runs.append((out.x_adv, [p.detach().clone() for p in model.parameters()]))

@@ -181,7 +181,7 @@ def test_val_examples_reach_the_trainer_and_the_caption(tmp_path: Path) -> None:
     assert "highest PGD-10 accuracy on 16 held-out training images" in render_study(config)
     assert load_study(write_study(tmp_path, TINY)).train_config("pgd", 0).selection == "test"
     for study in ("digits.toml", "digits-long.toml", "fashion-mnist.toml", "smoke.toml"):
-        assert load_study(STUDIES / study).val_examples > 0, study
+        assert load_study(STUDIES / study).train.val_examples > 0, study
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from model_zoo import build_model
 from model_zoo.bounds import UNIT, bounds_of
 from model_zoo.checkpoints import read_meta
 from model_zoo.errors import CheckpointError, UsageError
-from model_zoo.training import list_methods
+from model_zoo.training import TrainConfig, list_methods
 from model_zoo.training.methods import MethodContext, get_method
 from model_zoo.training.perturb import pgd, project
 from ssmbench import data
@@ -23,8 +23,8 @@ from ssmbench.attacks import AttackSettings
 from ssmbench.attacks.autoattack import AutoAttackPart
 from ssmbench.attacks.unit_view import UnitView, fold
 from ssmbench.cli import main
-from ssmbench.evaluate import evaluate as ssmbench_evaluate
 from ssmbench.datasets import DataError
+from ssmbench.evaluate import evaluate as ssmbench_evaluate
 from ssmbench.timeseries import SERIES, parse_ts, resample
 
 # The archives' published numbers (the UCR page lists GunPoint as 2 classes, 50 train, 150 test,
@@ -190,8 +190,9 @@ def test_every_training_method_perturbs_in_the_relative_ball(method: str) -> Non
     model, x, y = _fitted("basicmotions")
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    ctx = MethodContext(optimizer=optimizer, eps=EPS, alpha=EPS / 4, steps=3, freeat_m=2, yopo_m=2, yopo_n=2,
-                        generator=torch.Generator().manual_seed(0), bounds=bounds_of(model))
+    config = TrainConfig.from_settings(method=method, eps=EPS, alpha=EPS / 4, steps=3, freeat_m=2, yopo_m=2, yopo_n=2)
+    ctx = MethodContext(optimizer, config.method_params, config.threat, generator=torch.Generator().manual_seed(0),
+                        bounds=bounds_of(model))
     out = get_method(method)(model, x, y, ctx)
     ratio = (out.x_adv - x).abs() / model.input_std.view(1, -1, 1)
     assert ratio.max() <= EPS * (1 + 1e-5)

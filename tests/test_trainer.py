@@ -52,7 +52,7 @@ def test_pgd_at_is_more_robust_than_standard_training(digits: tuple[Data, Data],
     train_data, test_data = digits
     results = {}
     for method in ("st", "pgd"):
-        config = TrainConfig(method=method, epochs=8, batch_size=32, lr=1e-2, eps=0.08, alpha=0.02, steps=3,
+        config = TrainConfig.from_settings(method=method, epochs=8, batch_size=32, lr=1e-2, eps=0.08, alpha=0.02, steps=3,
                              eval_examples=200, seed=0)
         model = tiny_model(d_model=32, d_state=16)
         results[method] = train(model, train_data, test_data, config, tmp_path / method).last
@@ -63,7 +63,7 @@ def test_pgd_at_is_more_robust_than_standard_training(digits: tuple[Data, Data],
 
 def test_run_directory_files_and_metadata(digits: tuple[Data, Data], tmp_path: Path) -> None:
     train_data, test_data = digits
-    config = TrainConfig(method="pgd", epochs=3, batch_size=32, eps=0.1, alpha=0.03, steps=2, eval_examples=48,
+    config = TrainConfig.from_settings(method="pgd", epochs=3, batch_size=32, eps=0.1, alpha=0.03, steps=2, eval_examples=48,
                          train_examples=64, seed=3)
     result = train(tiny_model(), train_data, test_data, config, tmp_path)
     history = read_history(tmp_path / "history.parquet")
@@ -91,7 +91,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(method: str, digits: tuple[
     """pgd exercises the attack RNG, freeat its perturbation carried across batches and epochs;
     augmentation (not used on digits by default) exercises the augment RNG."""
     train_data, test_data = small(digits[0], 72), small(digits[1], 24)
-    config = TrainConfig(method=method, epochs=3, batch_size=32, eps=0.1, alpha=0.03, steps=2, freeat_m=2,
+    config = TrainConfig.from_settings(method=method, epochs=3, batch_size=32, eps=0.1, alpha=0.03, steps=2, freeat_m=2,
                          freeat_full_epochs=True, seed=5)
     whole = tiny_model(seed=5)
     reference = train(whole, train_data, test_data, config, tmp_path / "whole", augment=augment)
@@ -111,14 +111,14 @@ def test_kill_and_resume_equals_an_uninterrupted_run(method: str, digits: tuple[
 
 def test_resume_refuses_missing_state_changed_settings_and_overwrite(digits: tuple[Data, Data], tmp_path: Path) -> None:
     train_data, test_data = small(digits[0], 32), small(digits[1], 16)
-    config = TrainConfig(method="st", epochs=1, batch_size=32, seed=1)
+    config = TrainConfig.from_settings(method="st", epochs=1, batch_size=32, seed=1)
     with pytest.raises(UsageError, match="no training state to resume"):
         train(tiny_model(), train_data, test_data, config, tmp_path, resume=True)
     train(tiny_model(), train_data, test_data, config, tmp_path)
     with pytest.raises(UsageError, match="already holds a training run"):
         train(tiny_model(), train_data, test_data, config, tmp_path)
     with pytest.raises(UsageError, match="these differ: epochs, lr"):
-        train(tiny_model(), train_data, test_data, TrainConfig(method="st", epochs=2, lr=0.1, batch_size=32, seed=1),
+        train(tiny_model(), train_data, test_data, TrainConfig.from_settings(method="st", epochs=2, lr=0.1, batch_size=32, seed=1),
               tmp_path, resume=True)
 
 
@@ -132,7 +132,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoints(digits: tuple
         def on_epoch(self, record: EpochRecord, is_best: bool) -> None:
             poisoned["on"] = True
 
-    config = TrainConfig(method="pgd", epochs=3, batch_size=32, eps=0.1, alpha=0.03, steps=1)
+    config = TrainConfig.from_settings(method="pgd", epochs=3, batch_size=32, eps=0.1, alpha=0.03, steps=1)
     with pytest.raises(RunError, match=r"non-finite loss nan at epoch 2, batch 1/2; the checkpoints in .* are from epoch 1"):
         train(model, train_data, test_data, config, tmp_path, observer=PoisonAfterFirstEpoch())
     for kind in ("best", "last"):
@@ -143,9 +143,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoints(digits: tuple
 
 
 def test_freeat_divides_epochs_by_m_unless_asked_not_to() -> None:
-    assert TrainConfig(method="freeat", epochs=10, freeat_m=4).effective_epochs == 3
-    assert TrainConfig(method="freeat", epochs=10, freeat_m=4, freeat_full_epochs=True).effective_epochs == 10
-    assert TrainConfig(method="pgd", epochs=10).effective_epochs == 10
+    assert TrainConfig.from_settings(method="freeat", epochs=10, freeat_m=4).effective_epochs == 3
+    assert TrainConfig.from_settings(method="freeat", epochs=10, freeat_m=4, freeat_full_epochs=True).effective_epochs == 10
+    assert TrainConfig.from_settings(method="pgd", epochs=10).effective_epochs == 10
 
 
 @pytest.mark.parametrize(
@@ -155,7 +155,7 @@ def test_freeat_divides_epochs_by_m_unless_asked_not_to() -> None:
 )
 def test_config_rejects_bad_values(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        TrainConfig(**overrides)
+        TrainConfig.from_settings(**overrides)
 
 
 def test_hold_out_is_the_seeded_permutations_head_and_its_hash_is_reproducible() -> None:
@@ -173,7 +173,7 @@ def test_val_selection_never_touches_test_images(digits: tuple[Data, Data], tmp_
     exactly the held-out training images, training never sees them, and the best epoch follows
     the val numbers even when the test numbers would choose another epoch."""
     train_data, test_data = small(digits[0], 96), small(digits[1], 24)
-    config = TrainConfig(method="pgd", epochs=3, batch_size=32, eps=0.1, alpha=0.03, steps=1, val_examples=16,
+    config = TrainConfig.from_settings(method="pgd", epochs=3, batch_size=32, eps=0.1, alpha=0.03, steps=1, val_examples=16,
                          train_examples=48, seed=2)
     held = hold_out(96, 16, seed=2)
     calls: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
@@ -212,7 +212,7 @@ def test_val_selection_never_touches_test_images(digits: tuple[Data, Data], tmp_
 
 def test_test_selection_stays_the_default(digits: tuple[Data, Data], tmp_path: Path) -> None:
     train_data, test_data = small(digits[0], 32), small(digits[1], 16)
-    result = train(tiny_model(), train_data, test_data, TrainConfig(method="st", epochs=1, batch_size=32), tmp_path)
+    result = train(tiny_model(), train_data, test_data, TrainConfig.from_settings(method="st", epochs=1, batch_size=32), tmp_path)
     meta = read_meta(tmp_path / "best.safetensors")[0]
     assert meta.training["selection"] == "test" and "val_indices_sha256" not in meta.training
     assert result.history[0].val_adv_acc is None
@@ -243,7 +243,7 @@ def test_a_kill_between_any_two_writes_resumes_to_the_same_weights(
     digits: tuple[Data, Data], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     train_data, test_data = small(digits[0], 64), small(digits[1], 16)
-    config = TrainConfig(method="pgd", epochs=2, batch_size=32, eps=0.1, alpha=0.03, steps=1, val_examples=8, seed=4)
+    config = TrainConfig.from_settings(method="pgd", epochs=2, batch_size=32, eps=0.1, alpha=0.03, steps=1, val_examples=8, seed=4)
     counter = _KillAfterWrites(None)
     with monkeypatch.context() as patch:
         counter.install(patch)

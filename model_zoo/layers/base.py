@@ -8,7 +8,6 @@ every architecture.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,8 @@ from torch.autograd.function import once_differentiable
 
 from model_zoo.ads import ADS_CHOICES, build_ads
 from model_zoo.errors import ZooError
+from model_zoo.frozen import WeightCache
+from model_zoo.registries import Registry
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class MixerSpec:
     description: str
 
 
-MIXERS: dict[str, MixerSpec] = {}
+MIXERS: Registry[MixerSpec] = Registry("architecture", ZooError)
 
 
 def register_mixer(
@@ -46,59 +47,29 @@ def register_mixer(
     residual: the block adds the input back (Mega mixes the input into its own update gate).
     """
 
-    def decorate(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in MIXERS:
-            raise ZooError(f"mixer {name!r} registered twice")
+    def spec(cls: type[nn.Module]) -> MixerSpec:
         doc = (cls.__doc__ or "").strip().splitlines()
-        MIXERS[name] = MixerSpec(name, cls, causal, supports_ads, residual, doc[0] if doc else "")
-        return cls
+        return MixerSpec(name, cls, causal, supports_ads, residual, doc[0] if doc else "")
 
-    return decorate
+    return MIXERS.register(name, spec)
 
 
 def get_mixer(name: str) -> MixerSpec:
-    try:
-        return MIXERS[name]
-    except KeyError:
-        raise ZooError(f"unknown architecture {name!r}; choose one of {', '.join(sorted(MIXERS))}") from None
+    """The registered mixer `name`; on a miss, an installed plugin that declares it is imported first."""
+    from model_zoo import plugins  # plugins needs this registry; importing it here avoids the cycle
 
-
-class EvalCache:
-    """Memoizes a function of a module's parameters while the module is in eval mode.
-
-    Attacks run tens to thousands of forward/backward passes through frozen weights; an LTI
-    SSM's convolution kernel depends only on the weights, so recomputing it every pass is waste.
-    The key holds every parameter's storage address and version counter: an optimizer step or
-    `load_state_dict` (both write in place) bumps the version, `.to(device)` changes the address,
-    so a stale kernel is never served. Buffers count too: a fixed part of a kernel (S4's Re(Lambda)
-    with train_real=False) is a buffer that `load_state_dict` overwrites. In train mode nothing is cached and gradients flow to the
-    parameters as usual; in eval mode the cached value is a constant (computed without autograd),
-    which is what attacks need (input gradients only).
-    """
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._value: Any = None
-
-    def get(self, module: nn.Module, extra_key: tuple, compute: Callable[[], Any]) -> Any:
-        if module.training:
-            self._key = self._value = None
-            return compute()
-        tensors = itertools.chain(module.parameters(), module.buffers())
-        key = (extra_key, tuple((t.data_ptr(), t._version) for t in tensors))
-        if key != self._key:
-            with torch.no_grad():
-                self._value = compute()
-            self._key = key
-        return self._value
+    if name not in MIXERS and not plugins.load_mixer(name):
+        known = sorted({*MIXERS, *plugins.available()})
+        raise ZooError(f"unknown architecture {name!r}; choose one of {', '.join(known)}")
+    return MIXERS[name]
 
 
 class SSMMixer(nn.Module):
     """Base for SSM mixers: y = out_proj(ads(core(x))).
 
-    Subclasses build their parameters and implement `core(x) -> (B, L, d_inner)`. LTI mixers
-    implement `kernel(length) -> (H, L)` and call `causal_conv(u)`, which caches the kernel's
-    spectrum in eval mode (EvalCache).
+    Subclasses build their parameters and implement `core(x) -> (B, L, d_inner)`; the LTI
+    convolution mixers share theirs (`LTIConvMixer`, model_zoo/layers/lti.py). `weight_cache`
+    holds weight-only quantities while the weights are frozen (model_zoo/frozen.py).
     """
 
     def __init__(self, d_model: int, d_inner: int, ads: str = "none") -> None:
@@ -109,22 +80,7 @@ class SSMMixer(nn.Module):
         self.d_inner = d_inner
         self.ads = build_ads(d_inner, ads)
         self.out_proj = nn.Linear(d_inner, d_model)
-        self.eval_cache = EvalCache()
-
-    def kernel(self, length: int) -> torch.Tensor:  # pragma: no cover - abstract for LTI mixers
-        raise NotImplementedError(f"{type(self).__name__} is not a convolutional SSM")
-
-    def causal_conv(self, u: torch.Tensor) -> torch.Tensor:
-        """u (B, H, L) convolved causally with `kernel(L)`; the kernel and its spectrum are cached in eval mode."""
-        length = u.shape[-1]
-        n = fft_size(length)
-
-        def kernel_and_spectrum() -> tuple[torch.Tensor, torch.Tensor]:
-            kernel = self.kernel(length).to(u.dtype)
-            return kernel, torch.fft.rfft(kernel.detach(), n=n)
-
-        kernel, spectrum = self.eval_cache.get(self, ("conv", length, n, u.device, u.dtype), kernel_and_spectrum)
-        return FFTCausalConv.apply(u, kernel, spectrum, n)
+        self.weight_cache = WeightCache()
 
     def core(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from model_zoo.errors import ZooError
-from model_zoo.layers.base import SSMMixer, log_dt_init, register_mixer
+from model_zoo.layers.base import log_dt_init, register_mixer
+from model_zoo.layers.lti import LTIConvMixer
 from model_zoo.layers.s4 import legs_nplr
 
 
@@ -92,8 +93,8 @@ W_INITS = {"normal": _w_normal, "legs_b": _w_legs_b}
 
 
 @register_mixer("dss", causal=True)
-class DSSMixer(SSMMixer):
-    """DSS: diagonal SSM (HiPPO-LegS normal-part init), exp-normalized kernel, FFT conv + D skip."""
+class DSSMixer(LTIConvMixer):
+    """DSS: diagonal SSM (HiPPO-LegS normal-part init), exp-normalized kernel, causal conv + D skip."""
 
     def __init__(
         self,
@@ -141,8 +142,3 @@ class DSSMixer(SSMMixer):
 
     def kernel(self, length: int) -> torch.Tensor:
         return dss_softmax_kernel(**self.diagonal_system(), length=length, detach_max=self.detach_max)
-
-    def core(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.transpose(1, 2)  # (B, H, L)
-        y = self.causal_conv(u) + self.d[:, None] * u
-        return y.transpose(1, 2)

@@ -188,11 +188,12 @@ class _Grads:
 
 
 def _backward_blocks(
-    data: _ScanInputs, blocks: list[slice], grad_y: torch.Tensor, starts: torch.Tensor, grads: _Grads
-) -> torch.Tensor:
-    """Recompute each tile, run the adjoint scan over it, write the row gradients; returns dL/dA."""
+    data: _ScanInputs, blocks: list[slice], grad_y: torch.Tensor, starts: torch.Tensor, grads: _Grads, need_a: bool
+) -> torch.Tensor | None:
+    """Recompute each tile, run the adjoint scan over it, write the row gradients; returns dL/dA
+    (None when A needs none: an attack through frozen weights saves one reduction per tile)."""
     tiles = data.tiles(for_backward=True)
-    grad_a = torch.zeros_like(data.a)
+    grad_a = torch.zeros_like(data.a) if need_a else None
     for rows in blocks:
         # carry = a_{t+1} lambda_{t+1} at the first step of the chunk after the current one.
         carry = data.u.new_zeros(rows.stop - rows.start, *starts.shape[2:])
@@ -216,7 +217,8 @@ def _backward_blocks(
             grad_log_decay = adjoint.mul_(decay)
             grad_log_decay[:, 1:].mul_(states[:, :-1])
             grad_log_decay[:, 0].mul_(h0)
-            grad_a += torch.mul(grad_log_decay, data.dt[rows, t0:t1, :, None], out=scratch).sum((0, 1))
+            if grad_a is not None:
+                grad_a += torch.mul(grad_log_decay, data.dt[rows, t0:t1, :, None], out=scratch).sum((0, 1))
             grads.dt[rows, t0:t1] = torch.mul(grad_log_decay, data.a, out=scratch).sum(-1)
     return grad_a
 
@@ -273,8 +275,10 @@ class _SelectiveScan(torch.autograd.Function):
         data = _ScanInputs.prepare(u, dt, a, b, c, ctx.chunk_size)
         grad_y = grad_y.contiguous()
         grads = _Grads(torch.empty_like(u), torch.empty_like(dt), torch.empty_like(b), torch.empty_like(c))
-        work = partial(_backward_blocks, data, grad_y=grad_y, starts=starts, grads=grads)
-        grad_a = sum(_over_workers(work, data.blocks, data.u.is_cpu))
+        need_a = ctx.needs_input_grad[2]
+        work = partial(_backward_blocks, data, grad_y=grad_y, starts=starts, grads=grads, need_a=need_a)
+        per_worker = _over_workers(work, data.blocks, data.u.is_cpu)
+        grad_a = sum(per_worker) if need_a else None
         grads.dt.addcmul_(grads.dtu, u)
         return grads.dtu * dt, grads.dt, grad_a, grads.b, grads.c, None
 
@@ -356,6 +360,10 @@ class MambaMixer(SSMMixer):
         self.a_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
         self.d = nn.Parameter(torch.ones(d_inner))
 
+    def state_matrix(self) -> torch.Tensor:
+        """A = -exp(A_log) (d_inner, d_state): computed once while the weights are frozen."""
+        return self.weight_cache.get(self, ("a",), lambda: -torch.exp(self.a_log))
+
     def selective_inputs(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """dt (B, L, d_inner) > 0 and B, C (B, L, d_state), all computed from the scan input u."""
         dt_low, b, c = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -365,5 +373,5 @@ class MambaMixer(SSMMixer):
         u, z = self.in_proj(x).chunk(2, dim=-1)
         u = F.silu(self.conv(u.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2))
         dt, b, c = self.selective_inputs(u)
-        y = selective_scan(u, dt, -torch.exp(self.a_log), b, c, self.chunk_size) + self.d * u
+        y = selective_scan(u, dt, self.state_matrix(), b, c, self.chunk_size) + self.d * u
         return y * F.silu(z)

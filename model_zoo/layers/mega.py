@@ -19,7 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from model_zoo.errors import ZooError
-from model_zoo.layers.base import fft_causal_conv, register_mixer
+from model_zoo.frozen import WeightCache
+from model_zoo.layers.base import FFTCausalConv, fft_size, register_mixer
 
 
 def _alternating_ones(n: int) -> torch.Tensor:
@@ -27,7 +28,12 @@ def _alternating_ones(n: int) -> torch.Tensor:
     return torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0)
 
 
-def fft_two_sided_conv(u: torch.Tensor, forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+def two_sided_spectrum(forward: torch.Tensor, backward: torch.Tensor, n: int) -> torch.Tensor:
+    """rfft (size n) of the two-sided kernel: forward lags at 0.., backward lags mirrored (see below)."""
+    return torch.fft.rfft(forward, n=n) + torch.fft.rfft(backward, n=n).conj()
+
+
+def fft_two_sided_conv(u: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
     """y[t] = sum_{s<=t} forward[t-s] u[s] + sum_{s>=t} backward[s-t] u[s] along the last axis.
 
     The second sum is a causal convolution run on the reversed sequence, reversed back. For a real
@@ -35,11 +41,10 @@ def fft_two_sided_conv(u: torch.Tensor, forward: torch.Tensor, backward: torch.T
     transform of u: half the FFT work of convolving the reversed input separately. With n = 2L
     the reversed kernel's lag m > 0 sits at index n - m; a product that wraps past n lands at an
     output index >= L + 1, which is cut off, so the circular convolution is exact on t < L.
-    u: (..., H, L), forward and backward: (H, L).
+    u: (..., H, L); spectrum: `two_sided_spectrum(forward, backward, 2L)` of (H, L) kernels.
     """
     length = u.shape[-1]
     n = 2 * length
-    spectrum = torch.fft.rfft(forward, n=n) + torch.fft.rfft(backward, n=n).conj()
     return torch.fft.irfft(torch.fft.rfft(u, n=n) * spectrum, n=n)[..., :length]
 
 
@@ -68,6 +73,7 @@ class DampedEMA(nn.Module):
         self.omega = nn.Parameter(torch.randn(d_model))
         # Keeps the kernel's scale independent of the expansion size, as in the released code.
         self.readout_scale = 1.0 / math.sqrt(d_state)
+        self.weight_cache = WeightCache()
 
     def kernel(self, length: int) -> torch.Tensor:
         """EMA kernels (channels, length); rows d_model.. are the backward direction's."""
@@ -79,12 +85,24 @@ class DampedEMA(nn.Module):
         return torch.einsum("cn,cnl->cl", weights, powers)
 
     def convolve(self, u: torch.Tensor) -> torch.Tensor:
-        """The EMA readout y for channels-first input u (B, d_model, L), before omega and SiLU."""
-        k = self.kernel(u.shape[-1])
+        """The EMA readout y for channels-first input u (B, d_model, L), before omega and SiLU.
+
+        The kernel's spectrum is computed once while the weights are frozen (model_zoo/frozen.py).
+        """
+        length = u.shape[-1]
+        n = fft_size(length)
+
+        def operator() -> tuple[torch.Tensor, torch.Tensor]:
+            k = self.kernel(length).to(u.dtype)
+            if not self.bidirectional:
+                return k, torch.fft.rfft(k.detach(), n=n)
+            forward, backward = k.split(self.d_model, dim=0)
+            return k, two_sided_spectrum(forward, backward, n)
+
+        k, spectrum = self.weight_cache.get(self, ("ema", length, u.device, u.dtype), operator)
         if not self.bidirectional:
-            return fft_causal_conv(u, k)
-        forward, backward = k.split(self.d_model, dim=0)
-        return fft_two_sided_conv(u, forward, backward)
+            return FFTCausalConv.apply(u, k, spectrum, n)
+        return fft_two_sided_conv(u, spectrum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, d_model) -> X' (B, L, d_model)."""

@@ -1,4 +1,4 @@
-"""S4: the DPLR (NPLR) state space model of Gu et al. (2022), applied as an FFT convolution.
+"""S4: the DPLR (NPLR) state space model of Gu et al. (2022), applied as a causal convolution (FFT, or direct for short L: layers/lti.py).
 
 Each of the d_model channels is an independent SISO system x' = A x + B u, y = Re(C x) whose
 A = Lambda - P P^* is diagonal plus rank one in the eigenbasis of the normal part of HiPPO-LegS.
@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from model_zoo.errors import ZooError
-from model_zoo.layers.base import SSMMixer, log_dt_init, register_mixer
+from model_zoo.layers.base import log_dt_init, register_mixer
+from model_zoo.layers.lti import LTIConvMixer
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,8 @@ def nplr_bilinear_kernel(
 
 
 @register_mixer("s4", causal=True)
-class S4Mixer(SSMMixer):
-    """S4: DPLR SSM from HiPPO-LegS (rank 1), bilinear, Cauchy + Woodbury kernel, FFT conv + D skip.
+class S4Mixer(LTIConvMixer):
+    """S4: DPLR SSM from HiPPO-LegS (rank 1), bilinear, Cauchy + Woodbury kernel, causal conv + D skip.
 
     n_ssm and train_real are state-spaces' knobs (its `n_ssm` and `trainable={"A": ...}`, read in
     `HippoSSKernel` / `SSKernelNPLR` of the V2.1 code that the seed study vendors). n_ssm copies of
@@ -178,8 +179,3 @@ class S4Mixer(SSMMixer):
 
     def kernel(self, length: int) -> torch.Tensor:
         return nplr_bilinear_kernel(**self.nplr_system(), length=length)
-
-    def core(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.transpose(1, 2)  # (B, H, L)
-        y = self.causal_conv(u) + self.d[:, None] * u
-        return y.transpose(1, 2)

@@ -1,4 +1,4 @@
-"""S4D: a diagonal SSM with ZOH discretization, applied as an FFT convolution.
+"""S4D: a diagonal SSM with ZOH discretization, applied as a causal convolution (FFT, or direct for short L: layers/lti.py).
 
 Each of the d_model channels is an independent SISO system with d_state/2 complex modes
 (their conjugates are implied, so the kernel is real). A is initialized with S4D-Lin
@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from model_zoo.errors import ZooError
-from model_zoo.layers.base import SSMMixer, log_dt_init, register_mixer
+from model_zoo.layers.base import log_dt_init, register_mixer
+from model_zoo.layers.lti import LTIConvMixer
 
 
 def s4d_init_imag(n_modes: int, d_state: int, init: str) -> torch.Tensor:
@@ -44,8 +45,8 @@ def zoh_diagonal_kernel(
 
 
 @register_mixer("s4d", causal=True)
-class S4DMixer(SSMMixer):
-    """S4D: diagonal SSM (S4D-Lin / S4D-Inv init), ZOH, FFT convolution + D skip."""
+class S4DMixer(LTIConvMixer):
+    """S4D: diagonal SSM (S4D-Lin / S4D-Inv init), ZOH, causal convolution + D skip."""
 
     def __init__(self, d_model: int, d_state: int = 64, ads: str = "none", init: str = "lin") -> None:
         super().__init__(d_model, d_model, ads)
@@ -66,8 +67,3 @@ class S4DMixer(SSMMixer):
     def kernel(self, length: int) -> torch.Tensor:
         a = torch.complex(-torch.exp(self.log_a_real), self.a_imag)
         return zoh_diagonal_kernel(self.log_dt, a, torch.ones_like(a), torch.view_as_complex(self.c), length)
-
-    def core(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.transpose(1, 2)  # (B, H, L)
-        y = self.causal_conv(u) + self.d[:, None] * u
-        return y.transpose(1, 2)

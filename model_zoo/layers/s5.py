@@ -101,7 +101,7 @@ class S5Mixer(SSMMixer):
         c = torch.view_as_complex(self.c)
         length = x.shape[1]
         n = fft_size(length)
-        b_bar, kernel_spectrum = self.eval_cache.get(
+        b_bar, kernel_spectrum = self.weight_cache.get(
             self, ("s5", length, n, x.device, x.dtype), lambda: self._state_operators(length, n, x)
         )
         # B_bar u as two real matmuls (u is real), then the causal convolution along time (dim 1)

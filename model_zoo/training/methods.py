@@ -1,6 +1,7 @@
 """Adversarial training methods: one function per method, one signature, one registry.
 
-Every method is `method(model, x, y, ctx) -> StepOutput`: it crafts the inputs it trains on,
+Every method is `method(model, x, y, ctx) -> StepOutput`, registered with its display name and its
+own frozen parameter dataclass (`ctx.params`: a method sees its own knobs only). It crafts the inputs it trains on,
 takes its optimizer step(s) through `ctx.optimizer`, and reports what it trained on. The methods
 own their optimizer steps because they differ exactly there: FreeAT steps m times per batch, YOPO
 accumulates gradients over m passes and steps once.
@@ -20,15 +21,23 @@ Precision: every attack takes its input gradients in fp32 (perturb.input_gradien
 autocast off). FreeAT and YOPO take theirs from the very passes that also train the weights, so
 under autocast they run those passes in fp32 as a whole (`_fp32`): a bf16 pass would give them
 bf16 input gradients. They gain nothing from bf16 autocast; the other methods' updates still do.
+
+Frozen weights: the attack passes of PGD-AT, TRADES, MART and FGSM-RS run inside
+`frozen_weights(model)` (model_zoo/frozen.py), so the mixers' kernels are computed once per batch
+for the attack instead of once per pass; only the update pass builds them with gradients. FreeAT
+and YOPO have no such passes: every FreeAT replay trains the weights (and steps them before the
+next), every YOPO outer pass accumulates weight gradients, and YOPO's inner steps run through
+the first layer only, which has no kernel.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +45,10 @@ from torch import nn
 
 from model_zoo.bounds import UNIT, Bounds, clip_box
 from model_zoo.errors import UsageError
+from model_zoo.frozen import frozen_weights
+from model_zoo.registries import Registry
 from model_zoo.training.perturb import LossFn, input_gradient, pgd, project, uniform_start
+from model_zoo.training.settings import MethodParams, ThreatModel
 
 # FGSM-RS step (Wong et al. 2020): 1.25 eps from a uniform start, the value their paper found
 # to train robustly without catastrophic overfitting at eps 8/255.
@@ -45,26 +57,60 @@ FGSM_RS_STEP = 1.25
 GAUSSIAN_START_STD = 0.001
 
 
-@dataclass(frozen=True)
-class MethodContext:
-    """What a method needs besides the batch: threat model, method hyper-parameters, optimizer.
+P = TypeVar("P", bound=MethodParams)
 
-    `state` is the one mutable part: per-run state that outlives a batch (FreeAT's perturbation
-    under the key "freeat_delta"); the trainer saves it in the resume state.
+
+@dataclass(frozen=True)
+class TradesParams(MethodParams):
+    """TRADES: the weight of the KL term (the paper's 6)."""
+
+    beta: float = field(default=6.0, metadata={"help": "TRADES KL weight.", "min": 0})
+
+
+@dataclass(frozen=True)
+class MartParams(MethodParams):
+    """MART: the weight of the misclassification-weighted KL term (the paper's 6)."""
+
+    beta: float = field(default=6.0, metadata={"help": "MART KL weight.", "min": 0})
+
+
+@dataclass(frozen=True)
+class FreeATParams(MethodParams):
+    """FreeAT: m replays per batch; by default a run trains epochs/m epochs (PGD-AT's cost)."""
+
+    m: int = field(default=4, metadata={"help": "FreeAT replays per batch."})
+    full_epochs: bool = field(default=False, metadata={"help": "FreeAT: run all epochs (the paper) instead of epochs/m (PGD-AT's cost)."})
+
+    def effective_epochs(self, epochs: int) -> int:
+        """FreeAT replays each batch m times, so by default it runs epochs/m (rounded up) to cost
+        what PGD-AT costs; full_epochs runs them all (the paper)."""
+        return epochs if self.full_epochs else max(1, math.ceil(epochs / self.m))
+
+
+@dataclass(frozen=True)
+class YopoParams(MethodParams):
+    """YOPO-m-n: m full passes per batch, n cheap first-layer steps after each but the last."""
+
+    m: int = field(default=5, metadata={"help": "YOPO outer (full) passes per batch."})
+    n: int = field(default=3, metadata={"help": "YOPO inner first-layer steps per outer pass."})
+
+
+@dataclass(frozen=True)
+class MethodContext(Generic[P]):
+    """What a method needs besides the batch: the optimizer, the threat model and its own parameters.
+
+    `params` is the method's own parameter dataclass (registered with it), so TRADES sees a beta
+    and FreeAT an m, and neither sees the other's. `state` is the one mutable part: per-run state
+    that outlives a batch (FreeAT's perturbation under the key "freeat_delta"); the trainer saves
+    it in the resume state.
     """
 
     optimizer: torch.optim.Optimizer
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    steps: int = 10
-    trades_beta: float = 6.0
-    mart_beta: float = 6.0
-    freeat_m: int = 4
-    yopo_m: int = 5
-    yopo_n: int = 3
+    params: P
+    threat: ThreatModel = ThreatModel()
     grad_clip: float | None = None
     generator: torch.Generator | None = None
-    bounds: Bounds = UNIT
+    bounds: Bounds = UNIT  # the model's ball scale and box (model_zoo.bounds), orthogonal to the norm
     state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -82,43 +128,43 @@ class StepOutput:
 
 
 class Method(Protocol):
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput: ...
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[Any]) -> StepOutput: ...
 
 
-METHODS: dict[str, Method] = {}
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered AT method: its function, its parameter dataclass, the name tables print."""
+
+    name: str
+    fn: Method
+    params: type[MethodParams]
+    display: str
 
 
-def register_method(name: str) -> Callable[[Method], Method]:
-    """Function decorator: make an AT method usable by name (`get_method(name)`)."""
+METHODS: Registry[MethodSpec] = Registry("training method")
 
-    def decorate(fn: Method) -> Method:
-        if name in METHODS:
-            raise UsageError(f"training method {name!r} registered twice")
-        METHODS[name] = fn
-        return fn
 
-    return decorate
+def register_method(name: str, display: str, params: type[MethodParams] = MethodParams) -> Callable[[Method], Method]:
+    """Function decorator: make an AT method usable by name, with its parameters and display name."""
+    return METHODS.register(name, lambda fn: MethodSpec(name, fn, params, display))
 
 
 def get_method(name: str) -> Method:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise UsageError(f"unknown training method {name!r}; choose one of {', '.join(METHODS)}") from None
+    return METHODS.get(name).fn
 
 
 def list_methods() -> list[str]:
-    return list(METHODS)
+    return METHODS.names()
 
 
-def _apply_gradients(model: nn.Module, ctx: MethodContext) -> None:
+def _apply_gradients(model: nn.Module, ctx: MethodContext[Any]) -> None:
     """Clip (if asked) and step on the gradients already accumulated in the parameters."""
     if ctx.grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip)
     ctx.optimizer.step()
 
 
-def _update(model: nn.Module, loss: torch.Tensor, ctx: MethodContext) -> None:
+def _update(model: nn.Module, loss: torch.Tensor, ctx: MethodContext[Any]) -> None:
     ctx.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     _apply_gradients(model, ctx)
@@ -136,7 +182,7 @@ def _fp32(method: Method) -> Method:
     """Run `method` with autocast off: its passes yield the input gradients of its attack."""
 
     @functools.wraps(method)
-    def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+    def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[Any]) -> StepOutput:
         with torch.autocast(device_type=x.device.type, enabled=False):
             return method(model, x, y, ctx)
 
@@ -144,12 +190,12 @@ def _fp32(method: Method) -> Method:
 
 
 def _ascend(
-    model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, target: torch.Tensor, loss_fn: LossFn, ctx: MethodContext
+    model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, target: torch.Tensor, loss_fn: LossFn, ctx: MethodContext[Any]
 ) -> torch.Tensor:
-    """ctx.steps signed-gradient ascent steps on loss_fn from x_adv, projected after each."""
-    for _ in range(ctx.steps):
+    """ctx.threat.steps signed-gradient ascent steps on loss_fn from x_adv, projected after each."""
+    for _ in range(ctx.threat.steps):
         grad = input_gradient(model, x_adv, target, loss_fn)
-        x_adv = project(x_adv + ctx.alpha * ctx.bounds.scale * grad.sign(), x, ctx.eps, ctx.bounds)
+        x_adv = project(x_adv + ctx.threat.alpha * ctx.bounds.scale * grad.sign(), x, ctx.threat.eps, ctx.bounds)
     return x_adv.detach()
 
 
@@ -158,8 +204,8 @@ def kl_to_clean(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.T
     return F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
 
 
-@register_method("st")
-def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+@register_method("st", "ST")
+def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[MethodParams]) -> StepOutput:
     """Standard training: cross-entropy on the clean batch (the baseline every table compares to)."""
     logits = model(x)
     loss = F.cross_entropy(logits, y)
@@ -167,18 +213,19 @@ def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodCont
     return StepOutput(loss.detach(), x, logits.detach())
 
 
-@register_method("pgd")
-def pgd_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+@register_method("pgd", "PGD-AT")
+def pgd_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[MethodParams]) -> StepOutput:
     """PGD-AT (Madry et al. 2018): CE on PGD-K examples from one uniform random start."""
-    x_adv = pgd(model, x, y, ctx.eps, ctx.alpha, ctx.steps, generator=ctx.generator, bounds=ctx.bounds)
+    with frozen_weights(model):
+        x_adv = pgd(model, x, y, ctx.threat.eps, ctx.threat.alpha, ctx.threat.steps, generator=ctx.generator, bounds=ctx.bounds)
     logits = model(x_adv)
     loss = F.cross_entropy(logits, y)
     _update(model, loss, ctx)
     return StepOutput(loss.detach(), x_adv, logits.detach())
 
 
-@register_method("trades")
-def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+@register_method("trades", "TRADES", TradesParams)
+def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[TradesParams]) -> StepOutput:
     """TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(f(x) || f(x')).
 
     x' maximizes the KL to the clean prediction (held fixed during the attack), starting at
@@ -187,9 +234,10 @@ def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContex
     """
     logits_clean = model(x)
     start = _gaussian_start(x, ctx.generator, ctx.bounds)
-    x_adv = _ascend(model, x, start, logits_clean.detach(), kl_to_clean, ctx)
+    with frozen_weights(model):
+        x_adv = _ascend(model, x, start, logits_clean.detach(), kl_to_clean, ctx)
     logits_adv = model(x_adv)
-    loss = F.cross_entropy(logits_clean, y) + ctx.trades_beta * kl_to_clean(logits_adv, logits_clean)
+    loss = F.cross_entropy(logits_clean, y) + ctx.params.beta * kl_to_clean(logits_adv, logits_clean)
     _update(model, loss, ctx)
     return StepOutput(loss.detach(), x_adv, logits_adv.detach())
 
@@ -211,30 +259,32 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
     return boosted_ce + beta * (kl * (1.0000001 - p_true)).mean()
 
 
-@register_method("mart")
-def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+@register_method("mart", "MART", MartParams)
+def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[MartParams]) -> StepOutput:
     """MART: PGD-K on CE from x + 0.001 N(0, 1) (the released code's start), then `mart_loss`."""
-    x_adv = _ascend(model, x, _gaussian_start(x, ctx.generator, ctx.bounds), y, F.cross_entropy, ctx)
+    with frozen_weights(model):
+        x_adv = _ascend(model, x, _gaussian_start(x, ctx.generator, ctx.bounds), y, F.cross_entropy, ctx)
     logits_clean = model(x)
     logits_adv = model(x_adv)
-    loss = mart_loss(logits_clean, logits_adv, y, ctx.mart_beta)
+    loss = mart_loss(logits_clean, logits_adv, y, ctx.params.beta)
     _update(model, loss, ctx)
     return StepOutput(loss.detach(), x_adv, logits_adv.detach())
 
 
-@register_method("fgsm-rs")
-def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+@register_method("fgsm-rs", "FGSM-RS")
+def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[MethodParams]) -> StepOutput:
     """Fast AT (Wong et al. 2020): uniform start, one FGSM step of 1.25 eps, projected."""
-    x_start = uniform_start(x, ctx.eps, ctx.generator, ctx.bounds)
-    grad = input_gradient(model, x_start, y, F.cross_entropy)
-    x_adv = project(x_start + FGSM_RS_STEP * ctx.eps * ctx.bounds.scale * grad.sign(), x, ctx.eps, ctx.bounds).detach()
+    x_start = uniform_start(x, ctx.threat.eps, ctx.generator, ctx.bounds)
+    with frozen_weights(model):
+        grad = input_gradient(model, x_start, y, F.cross_entropy)
+    x_adv = project(x_start + FGSM_RS_STEP * ctx.threat.eps * ctx.bounds.scale * grad.sign(), x, ctx.threat.eps, ctx.bounds).detach()
     logits = model(x_adv)
     loss = F.cross_entropy(logits, y)
     _update(model, loss, ctx)
     return StepOutput(loss.detach(), x_adv, logits.detach())
 
 
-def _freeat_delta(x: torch.Tensor, ctx: MethodContext) -> torch.Tensor:
+def _freeat_delta(x: torch.Tensor, ctx: MethodContext[FreeATParams]) -> torch.Tensor:
     """The persistent perturbation's first len(x) rows, zeros on a run's first batch.
 
     The first batch of a run is never smaller than a later one, so it fixes the stored size.
@@ -244,9 +294,9 @@ def _freeat_delta(x: torch.Tensor, ctx: MethodContext) -> torch.Tensor:
     return ctx.state["freeat_delta"][: x.shape[0]].clone()
 
 
-@register_method("freeat")
+@register_method("freeat", "FreeAT", FreeATParams)
 @_fp32
-def free_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+def free_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[FreeATParams]) -> StepOutput:
     """Free AT (Shafahi et al. 2019): m replays of the batch, each one backward pass that gives
     both the weight gradient (one optimizer step) and the input gradient (one signed step of eps,
     Algorithm 1 of the paper) for the perturbation.
@@ -259,9 +309,9 @@ def free_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodConte
     zero on pixels pushed out of [0, 1], whose delta therefore stays where it is.
     """
     delta = _freeat_delta(x, ctx)
-    radius = ctx.eps * ctx.bounds.scale
+    radius = ctx.threat.eps * ctx.bounds.scale
     losses = []
-    for _ in range(ctx.freeat_m):
+    for _ in range(ctx.params.m):
         delta.requires_grad_(True)
         x_adv = clip_box(x + delta, x, ctx.bounds)
         logits = model(x_adv)
@@ -302,9 +352,9 @@ def _capture_first_layer(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-@register_method("yopo")
+@register_method("yopo", "YOPO", YopoParams)
 @_fp32
-def yopo(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> StepOutput:
+def yopo(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[YopoParams]) -> StepOutput:
     """YOPO-m-n (Zhang et al. 2019): m full forward/backward passes per batch, n cheap inner steps.
 
     Each outer pass j trains on x + eta_j, accumulates the parameter gradients (the mean over
@@ -318,22 +368,22 @@ def yopo(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext)
     """
     if not (hasattr(model, "encoder") and hasattr(model, "encoder_norm")):
         raise UsageError("yopo needs a SequenceClassifier (it attacks through model.encoder/encoder_norm)")
-    x_adv = uniform_start(x, ctx.eps, ctx.generator, ctx.bounds)
+    x_adv = uniform_start(x, ctx.threat.eps, ctx.generator, ctx.bounds)
     ctx.optimizer.zero_grad(set_to_none=True)
     losses = []
-    for outer in range(ctx.yopo_m):
+    for outer in range(ctx.params.m):
         with _capture_first_layer(model) as captured:
             logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
-        (loss / ctx.yopo_m).backward()
+        (loss / ctx.params.m).backward()
         losses.append(loss.detach())
-        if outer == ctx.yopo_m - 1:
+        if outer == ctx.params.m - 1:
             break
         p = captured[0].grad.detach()
-        for _ in range(ctx.yopo_n):
+        for _ in range(ctx.params.n):
             x_adv = x_adv.detach().requires_grad_(True)
             hamiltonian = (p * yopo_first_layer(model, x_adv)).sum()
             (grad,) = torch.autograd.grad(hamiltonian, x_adv)
-            x_adv = project(x_adv.detach() + ctx.alpha * ctx.bounds.scale * grad.sign(), x, ctx.eps, ctx.bounds)
+            x_adv = project(x_adv.detach() + ctx.threat.alpha * ctx.bounds.scale * grad.sign(), x, ctx.threat.eps, ctx.bounds)
     _apply_gradients(model, ctx)
     return StepOutput(torch.stack(losses).mean(), x_adv.detach(), logits.detach())

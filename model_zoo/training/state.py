@@ -27,8 +27,8 @@ from model_zoo.training import distributed
 from model_zoo.training.distributed import Workers
 from model_zoo.training.history import EpochRecord
 
-if TYPE_CHECKING:  # the trainer builds on this module
-    from model_zoo.training.trainer import TrainConfig
+if TYPE_CHECKING:
+    from model_zoo.training.config import TrainConfig
 
 STATE_FORMAT = 1
 STATE_KEY = "ssmbench_train_state"
@@ -137,10 +137,12 @@ def load_state(
     """Restore `run` and the model's weights from a state read by `read_state` (on rank 0, then
     shared: other nodes need not see the file); refuse a state saved with other settings.
 
-    A setting that the saved run predates counts as its default. The per-example method state is
-    stored for the whole batch, so a run can resume with another number of processes."""
-    defaults = type(config)().to_dict()
-    changed = sorted(k for k, v in config.to_dict().items() if document["config"].get(k, defaults[k]) != v)
+    A setting that the saved run predates counts as its default (read through the config's flat
+    form, so a state written before the settings were composed reads the same). The per-example
+    method state is stored for the whole batch, so a run can resume with another number of processes."""
+    saved = type(config).from_metadata(document["config"]).to_dict()
+    # effective_epochs follows from epochs and the method parameters, which are compared themselves.
+    changed = sorted(k for k, v in config.to_dict().items() if k != "effective_epochs" and saved[k] != v)
     if changed:
         raise UsageError(f"{path}: resume with the settings of the saved run; these differ: {', '.join(changed)}")
     if document["model_config"] != json.loads(json.dumps(model.config.to_dict())):

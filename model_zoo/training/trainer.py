@@ -57,16 +57,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_zoo import checkpoints
+from model_zoo import checkpoints, labels
 from model_zoo.bounds import bounds_of
 from model_zoo.classifier import SequenceClassifier
 from model_zoo.errors import RunError, UsageError
-from model_zoo.labels import run_title
-from model_zoo.limits import MAX_EPS, MAX_LR, SEED_RANGE
 from model_zoo.training import distributed, state
+from model_zoo.training.config import PRECISIONS, TrainConfig
 from model_zoo.training.distributed import DataParallel, Workers
 from model_zoo.training.history import EpochRecord, plot_curves, write_history
-from model_zoo.training.methods import MethodContext, get_method, list_methods
+from model_zoo.training.methods import MethodContext, get_method
 from model_zoo.training.perturb import pgd
 from model_zoo.training.state import RunState
 
@@ -77,79 +76,6 @@ EVAL_STEPS = 10  # the per-epoch robust accuracy is PGD-10, which also selects t
 CURVES_EVERY_S = 30.0
 BEST, LAST, HISTORY = "best.safetensors", "last.safetensors", "history.parquet"
 CURVES, STATE = "curves.png", "state.safetensors"
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every hyper-parameter of a run; stored in each checkpoint's `training` metadata.
-
-    Defaults are the paper's (DESIGN.md). `eval_examples`/`train_examples`: None = the whole split.
-    `val_examples` = N > 0 holds out N training images (split by `seed`) that select the best
-    checkpoint; 0 selects on the test eval subset, as the paper did. `train_examples` then caps
-    the images that remain for training.
-    `batch_size` is the global batch: under torchrun each of K processes trains on batch_size / K.
-    `precision`: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32", or "bf16" (CUDA only).
-    """
-
-    method: str = "pgd"
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 2e-4
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    steps: int = 10
-    trades_beta: float = 6.0
-    mart_beta: float = 6.0
-    freeat_m: int = 4
-    freeat_full_epochs: bool = False
-    yopo_m: int = 5
-    yopo_n: int = 3
-    eval_examples: int | None = None
-    train_examples: int | None = None
-    val_examples: int = 0
-    seed: int = 0
-    grad_clip: float | None = None
-    precision: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.method not in list_methods():
-            raise UsageError(f"unknown training method {self.method!r}; choose one of {', '.join(list_methods())}")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "alpha": self.alpha,
-                    "steps": self.steps, "freeat_m": self.freeat_m, "yopo_m": self.yopo_m, "yopo_n": self.yopo_n}
-        non_negative = {"eps": self.eps, "weight_decay": self.weight_decay, "trades_beta": self.trades_beta,
-                        "mart_beta": self.mart_beta, "val_examples": self.val_examples}
-        optional_positive = {"eval_examples": self.eval_examples, "train_examples": self.train_examples,
-                             "grad_clip": self.grad_clip}
-        for name, value in positive.items():
-            if not value > 0:
-                raise UsageError(f"{name} must be > 0, got {value}")
-        for name, value in non_negative.items():
-            if not value >= 0:
-                raise UsageError(f"{name} must be >= 0, got {value}")
-        for name, value in optional_positive.items():
-            if value is not None and not value > 0:
-                raise UsageError(f"{name} must be > 0 when given, got {value}")
-        _check_bounds(self)
-
-    @property
-    def effective_epochs(self) -> int:
-        """Epochs actually run: FreeAT replays each batch m times, so by default it runs epochs/m
-        (rounded up) to cost what PGD-AT costs; freeat_full_epochs runs them all (the paper)."""
-        if self.method == "freeat" and not self.freeat_full_epochs:
-            return max(1, math.ceil(self.epochs / self.freeat_m))
-        return self.epochs
-
-    @property
-    def selection(self) -> str:
-        """Which images choose the best checkpoint: "val" (held-out training images) or "test"."""
-        return "val" if self.val_examples else "test"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _val_pgd10(record: EpochRecord) -> float:
@@ -305,6 +231,7 @@ def train(
     Under torchrun, call it on every rank with the model on the rank's device (module docstring).
     """
     out_dir = Path(out_dir)
+    config = config.resolved(model.config.dataset)
     workers = distributed.current()
     device = next(model.parameters()).device
     split = _split(train_data, config)
@@ -328,12 +255,8 @@ def train(
         distributed.on_main(state.save_state, out_dir / STATE, model, run, run.method_state, config)
     if compile_model:
         model.compile()
-    ctx = MethodContext(
-        optimizer=run.optimizer, eps=config.eps, alpha=config.alpha, steps=config.steps,
-        trades_beta=config.trades_beta, mart_beta=config.mart_beta, freeat_m=config.freeat_m,
-        yopo_m=config.yopo_m, yopo_n=config.yopo_n, grad_clip=config.grad_clip, state=run.method_state,
-        bounds=bounds_of(model),
-    )
+    ctx = MethodContext(optimizer=run.optimizer, params=config.method_params, threat=config.threat,
+                        grad_clip=config.optim.grad_clip, state=run.method_state, bounds=bounds_of(model))
     setup = _Setup(
         model=model, trained=DataParallel(model, device) if workers.is_distributed else model, config=config, ctx=ctx,
         augment=augment, observer=observer or TrainObserver(), out_dir=out_dir, autocast=autocast, workers=workers,
@@ -349,9 +272,9 @@ def train(
         train_seconds = time.perf_counter() - started
         run.scheduler.step()
         setup.observer.on_eval_start(epoch, len(x_test))
-        evaluation = evaluate_pgd10(model, x_test, y_test, config.eps, config.alpha, config.batch_size, config.seed)
+        evaluation = evaluate_pgd10(model, x_test, y_test, config.threat.eps, config.threat.alpha, config.batch_size, config.seed)
         if len(x_val):
-            evaluation |= evaluate_pgd10(model, x_val, y_val, config.eps, config.alpha, config.batch_size, config.seed, split="val")
+            evaluation |= evaluate_pgd10(model, x_val, y_val, config.threat.eps, config.threat.alpha, config.batch_size, config.seed, split="val")
         record = EpochRecord(
             epoch=epoch, lr=lr, **sums, **evaluation,
             seconds=time.perf_counter() - started, samples_per_s=len(x_train) / train_seconds,
@@ -366,19 +289,6 @@ def train(
         last_plot = time.monotonic() if plot else last_plot
         setup.observer.on_epoch(record, is_best)
     return TrainResult(best=run.best, last=run.history[-1], history=list(run.history), out_dir=out_dir)
-
-
-def _check_bounds(config: TrainConfig) -> None:
-    """Finite floats, radii within the image box, a learning rate that can train, a seed numpy takes."""
-    for name in ("lr", "eps", "alpha", "weight_decay", "trades_beta", "mart_beta", "grad_clip"):
-        value = getattr(config, name)
-        if value is not None and not math.isfinite(value):
-            raise UsageError(f"{name} must be a finite number, got {value}")
-    for name, limit in (("eps", MAX_EPS), ("alpha", MAX_EPS), ("lr", MAX_LR)):
-        if getattr(config, name) > limit:
-            raise UsageError(f"{name} must be <= {limit:g}, got {getattr(config, name)}")
-    if not SEED_RANGE[0] <= config.seed <= SEED_RANGE[1]:
-        raise UsageError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {config.seed}")
 
 
 def check_out_dir(out_dir: str | Path, resume: bool) -> None:
@@ -401,8 +311,7 @@ def _check_shardable(n: int, batch_size: int, workers: Workers) -> None:
 
 
 def _new_run(model: SequenceClassifier, config: TrainConfig) -> RunState:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.effective_epochs)
+    optimizer, scheduler = config.optim.build(model.parameters(), config.effective_epochs)
     # Separate streams so that e.g. turning augmentation on does not change the data order. The
     # attack noise has no running stream: each batch's comes from (seed, epoch, batch), so a
     # rank can draw its shard's part of it (distributed.shard_generator).
@@ -513,12 +422,8 @@ def _checkpoint_meta(setup: _Setup, record: EpochRecord, kind: str, eval_example
     config = setup.config
     training = {
         **config.to_dict(),
-        "threat_model": "Linf",
         # Absent means the unit box: image runs keep the metadata they had before sequences existed.
         **({"box": setup.ctx.bounds.box} if setup.ctx.bounds.box != "unit" else {}),
-        "effective_epochs": config.effective_epochs,
-        "optimizer": "AdamW",
-        "schedule": "cosine",
         "augment": setup.augment is not None,
         "eval_attack": f"PGD-{EVAL_STEPS}",
         "autocast": "bf16" if setup.autocast == torch.bfloat16 else "fp32",
@@ -558,5 +463,5 @@ def _write_epoch(
     checkpoints.save(model, out_dir / LAST, _checkpoint_meta(setup, record, "last", eval_examples))
     write_history(run.history, out_dir / HISTORY)
     if plot:
-        plot_curves(run.history, out_dir / CURVES, title=run_title(model.config, setup.config.method, setup.config.seed))
+        plot_curves(run.history, out_dir / CURVES, title=labels.run_title(model.config, setup.config.method, setup.config.seed))
     state.save_state(out_dir / STATE, model, run, method_state, setup.config)

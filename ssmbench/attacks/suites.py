@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from model_zoo.errors import UsageError
+from model_zoo.registries import Registry
 from ssmbench import __version__
 from ssmbench.attacks.autoattack import autoattack_parts, package_of
 from ssmbench.attacks.base import Attack, AttackHook, AttackSettings, eval_mode, predict
@@ -113,19 +114,12 @@ class SuiteSpec:
     uses_autoattack: bool
 
 
-SUITES: dict[str, SuiteSpec] = {}
+SUITES: Registry[SuiteSpec] = Registry("attack suite")
 
 
 def register_suite(name: str, description: str, uses_autoattack: bool) -> Callable[[SuiteFactory], SuiteFactory]:
     """Decorator: make `factory(settings) -> attacks` buildable as the suite `name`."""
-
-    def decorate(factory: SuiteFactory) -> SuiteFactory:
-        if name in SUITES:
-            raise UsageError(f"suite {name!r} registered twice")
-        SUITES[name] = SuiteSpec(name, description, factory, uses_autoattack)
-        return factory
-
-    return decorate
+    return SUITES.register(name, lambda factory: SuiteSpec(name, description, factory, uses_autoattack))
 
 
 @register_suite("pgd10", "PGD, 10 steps of eps/4 from one uniform random start (the paper's PGD-10)", False)
@@ -144,10 +138,7 @@ def _all(settings: AttackSettings) -> tuple[Attack, ...]:
 
 
 def get_suite_spec(name: str) -> SuiteSpec:
-    try:
-        return SUITES[name]
-    except KeyError:
-        raise UsageError(f"unknown attack suite {name!r}; choose one of {', '.join(SUITES)}") from None
+    return SUITES.get(name)
 
 
 def build_suite(name: str, settings: AttackSettings) -> Suite:

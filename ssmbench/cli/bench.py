@@ -41,6 +41,9 @@ def bench_command(
     memory_cap_gb: float = typer.Option(
         12.0, help="Address-space cap of each benchmark process on CPU (0: none); a side that needs more is reported as out of memory."
     ),
+    baseline_commit: str = typer.Option(
+        None, help="Revision that the `commit` benchmark checks out into a temporary worktree and runs as its baseline (default: main before the speed work, benchmarks.runner.BASELINE_COMMIT)."
+    ),
     list_only: bool = typer.Option(False, "--list", help="List the benchmarks and exit."),
 ) -> None:
     """Time our implementations against named baselines (sequential recurrences, mambapy,
@@ -62,7 +65,8 @@ def bench_command(
         benchmarks.get_benchmark(name)
     scale = "quick" if quick else "full"
     options = benchmarks.RunOptions(
-        device=_device(device), threads=threads, memory_cap_mb=int(memory_cap_gb * 1024) if memory_cap_gb else None
+        device=_device(device), threads=threads, memory_cap_mb=int(memory_cap_gb * 1024) if memory_cap_gb else None,
+        **({"baseline_commit": baseline_commit} if baseline_commit else {}),
     )
     with console.status("starting...") as status:
 

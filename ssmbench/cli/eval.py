@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import typer
@@ -26,17 +28,18 @@ from model_zoo.checkpoints import CheckpointMeta, file_sha256, read_meta
 from model_zoo.errors import RunError, UsageError
 from model_zoo.training import distributed
 from ssmbench import data
-from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES, get_suite_spec
+from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES
+from ssmbench.byom import CONTRACT_FLAGS, build_user_model, is_callable_spec, load_weights, measure, parse_model_kwargs, user_row, weights_sha256
 from ssmbench.checks import FLAGS, CheckConfig
 from ssmbench.cli._common import LEADERBOARD_HELP, check_seed, console, leaderboard_path, parse_device, parse_fraction, progress_bar
-from ssmbench.evaluate import EvalResult, default_device, evaluate
+from ssmbench.evaluate import EvalResult, Progress, default_device, evaluate
 from ssmbench.leaderboard import ResultRow, append_or_keep
 from ssmbench.leaderboard_render import with_interval
 from ssmbench.loading import load_with_meta, resolve_target
+from ssmbench.protocol import AUTOATTACK_EXAMPLES, default_examples
 from ssmbench.records import result_row
 from ssmbench.stats import wilson
 
-AUTOATTACK_EXAMPLES = 2000  # the paper (and RobustBench): AutoAttack on the first 2000 test images
 RUN_KINDS = ("best", "last")
 
 
@@ -44,9 +47,9 @@ RUN_KINDS = ("best", "last")
 class _Evaluated:
     """One checkpoint's evaluation and where it came from."""
 
-    name: str  # as recorded in the leaderboard: the path or zoo name the user gave
-    path: Path
-    meta: CheckpointMeta
+    name: str  # as recorded in the leaderboard: the path, zoo name or module:callable the user gave
+    path: Path | None  # None for a module:callable model
+    meta: CheckpointMeta | None  # None for a module:callable model
     result: EvalResult
     weights_sha256: str  # of the tensors alone: best and last of one epoch differ only in metadata
     shared_with: str = ""  # the label of the checkpoint whose evaluation this one reuses (same weights)
@@ -69,11 +72,6 @@ def _checkpoints(target: str) -> list[tuple[str, Path]]:
             raise UsageError(f"{folder}: a run directory needs best.safetensors and last.safetensors; missing {', '.join(missing)}")
         return found
     return [(target, resolve_target(target))]
-
-
-def default_examples(suite: str, available: int) -> int:
-    """The paper's protocol: AutoAttack on the first 2000 test images, PGD-10 on the whole test set."""
-    return min(AUTOATTACK_EXAMPLES, available) if get_suite_spec(suite).uses_autoattack else available
 
 
 def _state_path(state_dir: Path | None, sha256: str, key: dict[str, object]) -> Path | None:
@@ -123,7 +121,7 @@ def _render(target: str, items: list[_Evaluated]) -> None:
         flags = ", ".join(result.flags) or "none"
         seconds = f"={item.shared_with}" if item.shared_with else f"{result.wall_seconds:.1f}"
         table.add_row(_label(item), str(result.n_examples), _percent(result.clean_acc), *cells, _percent(result.robust_acc), flags, seconds)
-    if [item.meta.kind for item in items] == list(RUN_KINDS):  # a run directory: Diff = best - last
+    if [_kind(item) for item in items] == list(RUN_KINDS):  # a run directory: Diff = best - last
         best, last = (item.result for item in items)
         diffs = [f"{100 * (best.per_attack[a] - last.per_attack[a]):+.2f}" for a in attacks]
         table.add_row("Diff", "", f"{100 * (best.clean_acc - last.clean_acc):+.2f}", *diffs, f"{100 * (best.robust_acc - last.robust_acc):+.2f}", "", "")
@@ -134,20 +132,24 @@ def _render(target: str, items: list[_Evaluated]) -> None:
             console.print(_per_attack_line(item))
     for item in items:
         if item.shared_with:
-            console.print(f"{_label(item)} holds the same weights as {item.shared_with} (epoch {item.meta.epoch}, "
+            console.print(f"{_label(item)} holds the same weights as {item.shared_with} (epoch {item.meta.epoch if item.meta else 0}, "
                           f"weights sha256 {item.weights_sha256[:12]}...): evaluated once, both rows record that one result")
     raised = dict.fromkeys(flag for item in items for flag in item.result.flags)
     for flag in raised:
-        console.print(f"flag {flag}: {FLAGS.get(flag, 'reported by the AutoAttack code itself (see its log warnings)')}")
+        console.print(f"flag {flag}: {FLAGS.get(flag) or CONTRACT_FLAGS.get(flag) or 'reported by the AutoAttack code itself (see its log warnings)'}")
+
+
+def _kind(item: _Evaluated) -> str:
+    return item.meta.kind if item.meta is not None else ""
 
 
 def _label(item: _Evaluated) -> str:
-    """'best' / 'last' for a run's checkpoints, else the file name."""
-    return item.meta.kind or Path(item.name).name
+    """'best' / 'last' for a run's checkpoints, else the file name (or the module:callable)."""
+    return _kind(item) or (Path(item.name).name if item.path is not None else item.name)
 
 
 def eval_command(
-    target: str = typer.Argument(..., help="A .safetensors checkpoint, a zoo name, or a run directory (then best and last are evaluated and Diff = best - last is shown)."),
+    target: str = typer.Argument(..., help="A .safetensors checkpoint, a zoo name, a run directory (then best and last are evaluated and Diff = best - last is shown), or your own model as module:callable (returns an nn.Module; needs --dataset)."),
     attack: str = typer.Option("pgd10", "--attack", help=f"Attack suite: {' | '.join(SUITES)} (all = pgd10, then AutoAttack on what PGD-10 left standing)."),
     n_examples: int = typer.Option(None, help=f"Evaluate the first N test images. Default, the paper's protocol: {AUTOATTACK_EXAMPLES} (or the whole split if smaller) for autoattack and all, the whole test set for pgd10."),
     eps: str = typer.Option("8/255", help="Linf radius: on [0, 1] images, e.g. 8/255 or 0.03; on sequences, in training standard deviations per channel, e.g. 0.1."),
@@ -164,6 +166,10 @@ def eval_command(
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     state_dir: Path = typer.Option(None, help="Keep finished batches here; rerunning the same command after an interruption resumes."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model first (pays off on long GPU runs; on a CPU compiling takes minutes)."),
+    dataset: str = typer.Option(None, help="module:callable targets only (required there): the dataset whose test split is attacked, e.g. digits."),
+    model_kwargs: str = typer.Option(None, help="module:callable targets only: keyword arguments of the callable as a JSON object, e.g. '{\"d_model\": 64}'."),
+    weights: Path = typer.Option(None, help="module:callable targets only: load this state_dict first (a RobustBench-format .pt, {'state_dict': ...} or bare, or a .safetensors)."),
+    name: str = typer.Option(None, help="module:callable targets only: the architecture name its rows carry (default: the target, with its kwargs)."),
 ) -> None:
     """Attack a checkpoint (or a run's best and last) with an attack suite and record the result.
 
@@ -171,7 +177,11 @@ def eval_command(
 
     Under torchrun (torchrun --nproc-per-node K -m ssmbench eval ...) the batches are split across the K processes and the per-example results merged exactly; rank 0 prints and records.
 
+    A module:callable model is first held to the model I/O contract (logits of shape (N, classes), finite, inputs in [0, 1], deterministic in eval mode): what would make its numbers meaningless is refused, the rest is recorded as a flag. Its rows are named after it and carry a sha256 of its weights.
+
     Example: ssmbench eval runs/s4d-pgd-digits --attack autoattack --eps 8/255
+
+    Example: ssmbench eval mypkg.models:build --dataset digits --model-kwargs '{"d_model": 64}' --weights model.pt
     """
     suite = _choose(attack, list(SUITES), "--attack")
     _choose(backend, BACKENDS, "--backend")
@@ -187,20 +197,29 @@ def eval_command(
     options = _Options(suite, radius, batch_size, device, backend, seed, version, CheckConfig(n_examples=check_examples) if checks else None, state_dir,
                        compile_model, box)
     run_id = uuid.uuid4().hex[:12]
+    if is_callable_spec(target):
+        _eval_user_model(target, run_id, options, n_examples, data_dir, _UserModel(dataset, model_kwargs, weights, name),
+                         None if no_leaderboard else leaderboard_path(leaderboard))
+        return
+    given = [option for option, value in (("--dataset", dataset), ("--model-kwargs", model_kwargs), ("--weights", weights),
+                                          ("--name", name)) if value is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} only apply to a module:callable target (mypkg.models:build); a checkpoint knows its own")
     evaluated: list[_Evaluated] = []
     rows: list[ResultRow] = []
     # Under torchrun every rank evaluates its share of the batches; "cuda" then means cuda:LOCAL_RANK.
     with distributed.process_group(torch.device(device) if device is not None else default_device()):
-        for name, path in _checkpoints(target):
+        for label, path in _checkpoints(target):
             model, meta = load_with_meta(path)  # verifies the weights against their checksum
-            weights, sha256 = read_meta(path)[1]["tensors_sha256"], file_sha256(path)
-            same = next((item for item in evaluated if item.weights_sha256 == weights and item.meta.config == meta.config), None)
+            tensors, sha256 = read_meta(path)[1]["tensors_sha256"], file_sha256(path)
+            same = next((item for item in evaluated if item.weights_sha256 == weights and item.meta is not None
+                         and item.meta.config == meta.config), None)
             if same is not None:
-                item = _Evaluated(name, path, meta, same.result, weights, shared_with=_label(same))
+                item = _Evaluated(label, path, meta, same.result, tensors, shared_with=_label(same))
             else:
-                item = _Evaluated(name, path, meta, _evaluate_checkpoint(name, sha256, model, meta, options, n_examples, data_dir), weights)
+                item = _Evaluated(label, path, meta, _evaluate_checkpoint(label, sha256, model, meta, options, n_examples, data_dir), tensors)
             evaluated.append(item)
-            rows.append(result_row(run_id, item.name, item.meta, item.result, sha256))
+            rows.append(result_row(run_id, item.name, meta, item.result, sha256))
         if not distributed.current().is_main:
             return
     _render(target, evaluated)
@@ -215,7 +234,55 @@ def _keep_dir(target: str, evaluated: list[_Evaluated]) -> Path:
     folder; for a zoo name (its folder is the package's) the current directory."""
     if Path(target).is_dir():
         return Path(target)
-    return evaluated[0].path.parent if Path(target).exists() else Path.cwd()
+    path = evaluated[0].path
+    return path.parent if path is not None and Path(target).exists() else Path.cwd()
+
+
+@dataclass(frozen=True)
+class _UserModel:
+    """The options that only a module:callable target takes."""
+
+    dataset: str | None
+    kwargs: str | None
+    weights: Path | None
+    name: str | None
+
+
+def _eval_user_model(
+    spec: str, run_id: str, options: _Options, n_examples: int | None, data_dir: Path | None, user: _UserModel,
+    results: Path | None,
+) -> None:
+    """Build the user's model, hold it to the contract, evaluate it and record one row."""
+    if user.dataset is None:
+        raise UsageError(f"{spec}: a module:callable target needs --dataset (one of {', '.join(data.list_datasets())})")
+    info = data.get_dataset(user.dataset)
+    kwargs = parse_model_kwargs(user.kwargs)
+    model = build_user_model(spec, kwargs)
+    if user.weights is not None:
+        load_weights(model, user.weights)
+    # PyTorch builds every module in train mode, so a fresh one says nothing about its author's
+    # intent: the callable's model is evaluated in eval mode, unflagged (benchmark() flags a model
+    # that is handed over in train mode, since that one may have been used so).
+    model.eval()
+    if options.compile:
+        model.compile()
+    arch = user.name or (spec + json.dumps(kwargs, sort_keys=True) if kwargs else spec)
+    with distributed.process_group(torch.device(options.device) if options.device is not None else default_device()):
+        key = {"target": spec, "kwargs": kwargs, "suite": options.suite, "version": options.version, "eps": options.eps,
+               "n": n_examples, "backend": options.backend, "seed": options.seed, "batch_size": options.batch_size}
+        measured = _with_progress(f"{spec} {options.suite}", lambda show: measure(
+            model, info.name, options.eps, options.suite, n_examples=n_examples, batch_size=options.batch_size,
+            device=options.device, backend=options.backend, seed=options.seed, version=options.version,
+            checks=options.checks, data_dir=data_dir, progress=show,
+            state_path=_state_path(options.state_dir, weights_sha256(model), key)))
+        if not distributed.current().is_main:
+            return
+    item = _Evaluated(spec, None, None, measured.result, measured.weights_sha256)
+    _render(spec, [item])
+    console.print(f"{spec}: weights sha256 {measured.weights_sha256[:12]}... (over its state_dict tensors in key order)")
+    if results is not None:
+        append_or_keep(results, [user_row(run_id, spec, arch, info.name, measured)], Path.cwd())
+        console.print(f"appended 1 row to {results} (run {run_id})", soft_wrap=True)
 
 
 @dataclass(frozen=True)
@@ -252,24 +319,32 @@ def _evaluate_checkpoint(
     key = {"suite": options.suite, "version": options.version, "eps": options.eps, "n": n, "backend": options.backend,
            "seed": options.seed, "batch_size": options.batch_size, **({"box": options.box} if options.box else {})}
     label = f"{meta.kind or name} {options.suite}"
+    return _with_progress(label, lambda show: evaluate(
+        model, images, labels, options.suite, options.eps, n, options.batch_size, options.device, options.backend,
+        options.seed, show, version=options.version, checks=options.checks,
+        state_path=_state_path(options.state_dir, sha256, key), box=options.box,
+    ))
+
+
+T = TypeVar("T")
+
+
+def _with_progress(label: str, run: Callable[[Progress], T]) -> T:
+    """`run(progress)` under the progress bar; a failure inside the attacks (a torch RuntimeError,
+    e.g. out of memory) is a failed run: exit 1."""
     with progress_bar(decimals=1, disable=not distributed.current().is_main) as bar:
-        task = bar.add_task(label, total=n)
+        task = bar.add_task(label, total=None)
 
         def show(done: int, total: int, attack: str) -> None:
-            bar.update(task, completed=done, description=label + (f" ({attack})" if attack else ""))
+            bar.update(task, completed=done, total=total, description=label + (f" ({attack})" if attack else ""))
 
         try:
-            result = evaluate(
-                model, images, labels, options.suite, options.eps, n, options.batch_size, options.device, options.backend,
-                options.seed, show, version=options.version, checks=options.checks,
-                state_path=_state_path(options.state_dir, sha256, key), box=options.box,
-            )
+            return run(show)
         except RunError:
             raise
         except RuntimeError as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise RunError(f"{name}: {options.suite} evaluation failed: {reason}") from exc
-    return result
+            raise RunError(f"{label}: evaluation failed: {reason}") from exc
 
 
 def register(app: typer.Typer) -> None:

@@ -135,13 +135,19 @@ def publish_command(
         False, "--check", help="Write nothing; exit 1 if the markdown file is not what would be written."
     ),
     old_path: Path | None = PATH_ALIAS,
+    html: Path | None = typer.Option(None, "--html", help="Also write the leaderboard as a static site into this folder: a sortable, filterable page per table, a page per model family (open DIR/index.html; no network needed)."),
+    history_root: Path = typer.Option(Path("."), help="With --html: where the recorded checkpoint paths (runs/...) are found, for their training curves."),
 ) -> None:
-    """Render the results file to the markdown leaderboard (the paper's best/last/Diff tables).
+    """Render the results file to the markdown leaderboard (the paper's best/last/Diff tables), and with --html to a static site.
 
     Example: ssmbench leaderboard publish --leaderboard leaderboards/results.parquet --out leaderboards/README.md --check
+
+    Example: ssmbench leaderboard publish --leaderboard leaderboards/results.parquet --html site/
     """
     path = _results(results, old_path)
     out = out if out is not None else leaderboard.markdown_for(path)
+    if check and html is not None:
+        raise UsageError("--check compares the markdown only; publish the site without --check")
     if check:
         if not leaderboard.markdown_is_fresh(path, out):
             raise RunError(f"{out} is stale: it is not what {path} renders to; run `ssmbench leaderboard publish "
@@ -150,6 +156,11 @@ def publish_command(
         return
     leaderboard.publish(path, out)
     console.print(f"wrote {out} from {path}", soft_wrap=True)
+    if html is not None:
+        from ssmbench.site import build_site  # Jinja2 is imported only when a site is built
+
+        written = build_site(leaderboard.read(path), html, history_root)
+        console.print(f"wrote the site, {len(written)} files, into {html} (open {html / 'index.html'})", soft_wrap=True)
 
 
 @leaderboard_app.command("export")

@@ -6,7 +6,6 @@ with a rich observer, then prints the paper-style table and writes it to <out>/R
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +135,12 @@ def _config(config: Path | None, grid: dict[str, Any], settings: dict[str, Any])
         flags = [f"--{name}" for name, value in grid.items() if value]
         if flags:
             raise UsageError(f"the grid comes from {config}; drop {', '.join(flags)} or drop --config")
-        return dataclasses.replace(load_study(config), **given)
+        return load_study(config).with_settings(**given)
     if not grid["models"] or not grid["at"]:
         raise UsageError("give --config STUDY.toml, or the grid as --models and --at (with --ads, --attention)")
-    cells = Grid(models=grid["models"], methods=grid["at"], ads=grid["ads"] or ("none",), attention=(grid["attention"],))
-    dataset = given.get("dataset", "digits")
-    return StudyConfig(grids=(cells,), **{"out": Path("runs") / f"study-{dataset}", **given})
+    cells = Grid(models=grid["models"], methods=grid["at"], ads=grid["ads"] or Grid.ads, attention=(grid["attention"],))
+    dataset = given.get("dataset", StudyConfig.dataset)
+    return StudyConfig(grids=(cells,), out=Path("runs") / f"study-{dataset}").with_settings(**given)
 
 
 def _print_plan(statuses: list[CellStatus], config: StudyConfig) -> None:
@@ -160,19 +159,19 @@ def _print_plan(statuses: list[CellStatus], config: StudyConfig) -> None:
 
 def study_command(
     config: Path = typer.Option(None, "--config", help="A study file (see studies/*.toml): \\[study] settings and \\[\\[grid]] tables."),
-    dataset: str = typer.Option(None, help="Dataset (flag form; default digits)."),
+    dataset: str = typer.Option(None, help=f"Dataset (flag form; default {StudyConfig.dataset})."),
     models: str = typer.Option(None, help="Flag form: architectures, comma-separated, e.g. s4,dss,s5,mamba,mega."),
     at: str = typer.Option(None, "--at", help="Flag form: training methods, comma-separated, e.g. st,pgd,trades,freeat,yopo."),
     ads: str = typer.Option(None, help="Flag form: AdS options, comma-separated (none,relu,sigmoid,tanh); default none."),
     attention: bool = typer.Option(False, "--attention", help="Flag form: every cell gets a self-attention layer."),
-    epochs: int = typer.Option(None, help="Training epochs (default: the study file's, else 100)."),
+    epochs: int = typer.Option(None, help="Training epochs (default: the study file's, else the dataset's paper epochs, as ssmbench train)."),
     batch_size: int = typer.Option(None, help="Training batch size."),
     lr: float = typer.Option(None, help="AdamW learning rate (cosine schedule)."),
     train_examples: int = typer.Option(None, help="Train on the first N training images."),
     eval_examples: int = typer.Option(None, help="PGD-10 on the first N test images, per epoch (selects best) and at the end."),
-    aa_examples: int = typer.Option(None, help="AutoAttack on the first N test images (default 2000, capped at the split)."),
+    aa_examples: int = typer.Option(None, help=f"AutoAttack on the first N test images (default {StudyConfig.aa_examples}, capped at the split)."),
     eps: str = typer.Option(None, help="Linf radius for training and evaluation, e.g. 8/255."),
-    suites: str = typer.Option(None, help="Attack suites run on best and last, comma-separated (default pgd10,autoattack)."),
+    suites: str = typer.Option(None, help=f"Attack suites run on best and last, comma-separated (default {','.join(StudyConfig.suites)})."),
     backend: str = typer.Option(None, help="AutoAttack code: official | torchattacks."),
     checks: bool = typer.Option(None, "--checks/--no-checks", help="Gradient-masking sanity checks on every evaluation."),
     seeds: str = typer.Option(None, help="Seeds, comma-separated, e.g. 0,1,2: every cell once per seed (weights, data order, attacks); default 0."),

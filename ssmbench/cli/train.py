@@ -16,16 +16,31 @@ from rich.progress import Progress
 from rich.table import Table
 
 from model_zoo import build_model
+from model_zoo.ads import ADS_CHOICES
+from model_zoo.config import ModelConfig
+from model_zoo.datasets import DEFAULT_DATASET, list_datasets
 from model_zoo.errors import UsageError
-from model_zoo.training import EpochRecord, TrainConfig, TrainObserver, check_out_dir, distributed, list_methods, seed_everything, train
-from model_zoo.training.trainer import PRECISIONS, resolve_precision
+from model_zoo.training import (
+    EpochRecord,
+    FreeATParams,
+    MartParams,
+    Optimization,
+    ThreatModel,
+    TradesParams,
+    TrainConfig,
+    TrainObserver,
+    YopoParams,
+    check_out_dir,
+    distributed,
+    list_methods,
+    seed_everything,
+    train,
+)
+from model_zoo.training.config import PRECISIONS
+from model_zoo.training.trainer import resolve_precision
 from ssmbench import data
 from ssmbench.cli._common import console, parse_device, parse_fraction, progress_bar
-
-# The paper trained 100 epochs on MNIST-like data and 180 on CIFAR-10 / Tiny-ImageNet.
-PAPER_EPOCHS = {"cifar10": 180, "tiny-imagenet": 180}
-DEFAULT_EPOCHS = 100
-
+from ssmbench.cli._settings import fraction_setting, setting
 
 
 class _RichObserver(TrainObserver):
@@ -78,38 +93,36 @@ def _summary(best: EpochRecord, last: EpochRecord) -> Table:
 
 def train_command(
     arch: str = typer.Argument(..., help="Architecture (ssmbench zoo list)."),
-    at: str = typer.Option("pgd", "--at", help=f"Training method: {', '.join(list_methods())}."),
-    ads: str = typer.Option("none", help="Adaptive Scaling: none, relu, sigmoid or tanh."),
-    attention: bool = typer.Option(False, "--attention", help="Add a self-attention layer to every block."),
+    at: str = setting(TrainConfig, "method", "--at"),
+    ads: str = typer.Option(ModelConfig.ads, help=f"Adaptive Scaling: {', '.join(ADS_CHOICES)}."),
+    attention: bool = typer.Option(ModelConfig.attention, "--attention", help="Add a self-attention layer to every block."),
     mixer_options: str = typer.Option(
         None, "--mixer-options",
         help='Mixer options as a JSON table, e.g. \'{"n_ssm": 1, "train_real": false}\' (S4 as the seed study released it; README: Models).',
     ),
-    dataset: str = typer.Option("digits", help="Dataset (digits needs no download)."),
-    epochs: int = typer.Option(None, help="Epochs (default: the paper's, 100; 180 on cifar10/tiny-imagenet)."),
-    eps: str = typer.Option("8/255", help="Linf radius for training and the PGD-10 eval, e.g. 8/255."),
-    alpha: str = typer.Option("2/255", help="Attack step size, e.g. 2/255."),
-    steps: int = typer.Option(10, help="Attack steps during training (pgd, trades, mart)."),
-    batch_size: int = typer.Option(256, help="Training batch size (global: under torchrun each of K processes takes 1/K of it)."),
-    lr: float = typer.Option(1e-3, help="AdamW learning rate (cosine schedule to 0)."),
-    weight_decay: float = typer.Option(2e-4, help="AdamW weight decay."),
-    trades_beta: float = typer.Option(6.0, help="TRADES KL weight."),
-    mart_beta: float = typer.Option(6.0, help="MART KL weight."),
-    freeat_m: int = typer.Option(4, help="FreeAT replays per batch."),
-    freeat_full_epochs: bool = typer.Option(
-        False, help="FreeAT: run all epochs (the paper) instead of epochs/m (PGD-AT's cost)."
-    ),
-    yopo_m: int = typer.Option(5, help="YOPO outer (full) passes per batch."),
-    yopo_n: int = typer.Option(3, help="YOPO inner first-layer steps per outer pass."),
-    eval_examples: int = typer.Option(None, help="Test images for the per-epoch clean/PGD-10 eval (first N; default all)."),
-    train_examples: int = typer.Option(None, help="Train on the first N training images only (quick trials)."),
-    val_examples: int = typer.Option(TrainConfig.val_examples, help="Hold out N training images (a split fixed by --seed) and choose the best checkpoint by PGD-10 on them, not on the test images; 0: the paper's protocol (choose on test)."),
-    seed: int = typer.Option(0, help="One seed for the initial weights, data order and attack noise."),
-    grad_clip: float = typer.Option(None, help="Clip the gradient norm to this value."),
+    dataset: str = typer.Option(DEFAULT_DATASET, help=f"Dataset: {', '.join(list_datasets())} ({DEFAULT_DATASET} needs no download)."),
+    epochs: int = setting(TrainConfig, "epochs"),
+    eps: str = fraction_setting(ThreatModel, "eps"),
+    alpha: str = fraction_setting(ThreatModel, "alpha"),
+    steps: int = setting(ThreatModel, "steps"),
+    batch_size: int = setting(TrainConfig, "batch_size"),
+    lr: float = setting(Optimization, "lr"),
+    weight_decay: float = setting(Optimization, "weight_decay"),
+    trades_beta: float = setting(TradesParams, "beta", "--trades-beta"),
+    mart_beta: float = setting(MartParams, "beta", "--mart-beta"),
+    freeat_m: int = setting(FreeATParams, "m", "--freeat-m"),
+    freeat_full_epochs: bool = setting(FreeATParams, "full_epochs", "--freeat-full-epochs/--no-freeat-full-epochs"),
+    yopo_m: int = setting(YopoParams, "m", "--yopo-m"),
+    yopo_n: int = setting(YopoParams, "n", "--yopo-n"),
+    eval_examples: int = setting(TrainConfig, "eval_examples"),
+    train_examples: int = setting(TrainConfig, "train_examples"),
+    val_examples: int = setting(TrainConfig, "val_examples"),
+    seed: int = setting(TrainConfig, "seed"),
+    grad_clip: float = setting(Optimization, "grad_clip"),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA)."),
     download: bool = typer.Option(True, help="Download missing dataset files (with checksum checks)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available; under torchrun cuda means cuda:LOCAL_RANK)."),
-    precision: str = typer.Option("auto", help="Training passes: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (CUDA only). Attack gradients and evaluation are always fp32."),
+    precision: str = setting(TrainConfig, "precision"),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (pays off on long GPU runs; on a CPU compiling takes minutes)."),
     out: Path = typer.Option(None, help="Run directory (default runs/ARCH-AT-ADS[-attn]-DATASET)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last completed epoch."),
@@ -127,13 +140,12 @@ def train_command(
         raise UsageError(f"--out {out} is a file; a run directory is a folder (checked before training)")
     _choose(precision, list(PRECISIONS), "--precision")
     info = data.get_dataset(_choose(dataset, data.list_datasets(), "--dataset"))
-    config = TrainConfig(
-        method=at, epochs=epochs if epochs is not None else PAPER_EPOCHS.get(dataset, DEFAULT_EPOCHS),
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, eps=parse_fraction(eps, "--eps"),
+    config = TrainConfig.from_settings(
+        method=at, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, eps=parse_fraction(eps, "--eps"),
         alpha=parse_fraction(alpha, "--alpha"), steps=steps, trades_beta=trades_beta, mart_beta=mart_beta,
         freeat_m=freeat_m, freeat_full_epochs=freeat_full_epochs, yopo_m=yopo_m, yopo_n=yopo_n,
         eval_examples=eval_examples, train_examples=train_examples, val_examples=val_examples, seed=seed, grad_clip=grad_clip, precision=precision,
-    )
+    ).resolved(dataset)
     with distributed.process_group(parse_device(device)) as target:
         resolve_precision(precision, target)  # refuse bf16 on a CPU before loading anything
         workers = distributed.current()
@@ -148,7 +160,7 @@ def train_command(
         if config.val_examples:
             say.print(f"  and val clean/PGD-10 acc % on {config.val_examples} held-out training images (select best)")
         say.print(
-            f"{arch} ({ads} AdS{', attention' if attention else ''}) on {dataset}, {at}, eps {config.eps:.4f}, "
+            f"{arch} ({ads} AdS{', attention' if attention else ''}) on {dataset}, {at}, eps {config.threat.eps:.4f}, "
             f"{config.effective_epochs} epochs, device {target}{processes} -> {out}"
         )
         with progress_bar(say, disable=not workers.is_main) as progress:

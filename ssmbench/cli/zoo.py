@@ -12,10 +12,12 @@ from rich.table import Table
 from model_zoo import zoo
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.checkpoints import file_sha256, load, read_meta, stored_values
-from model_zoo.config import PRESETS
+from model_zoo.datasets import list_datasets
 from model_zoo.errors import RunError, UsageError
 from model_zoo.labels import method_label
-from model_zoo.layers import MIXERS
+from model_zoo.layers import get_mixer
+from model_zoo.plugins import plugin_of
+from model_zoo.registry import list_models
 from ssmbench import data
 from ssmbench.attacks import BACKENDS
 from ssmbench.checks import FLAGS, CheckConfig
@@ -54,14 +56,15 @@ def list_command() -> None:
     Example: ssmbench zoo list
     """
     archs = Table(title="Architectures", title_justify="left")
-    for column in ("name", "causal", "AdS", "description"):
+    for column in ("name", "causal", "AdS", "from", "description"):
         archs.add_column(column)
-    for name in sorted(MIXERS):
-        spec = MIXERS[name]
-        archs.add_row(name, "yes" if spec.causal else "no", "yes" if spec.supports_ads else "no", spec.description)
+    for name in list_models():
+        spec, plugin = get_mixer(name), plugin_of(name)  # get_mixer imports a plugin's mixer
+        source = f"{plugin.distribution} {plugin.version}" if plugin else "built in"
+        archs.add_row(name, "yes" if spec.causal else "no", "yes" if spec.supports_ads else "no", source, spec.description)
     console.print(archs)
     console.print(f"AdS options: {', '.join(ADS_CHOICES)}   attention: --attention on any architecture")
-    console.print(f"Dataset presets: {', '.join(PRESETS)}")
+    console.print(f"Dataset presets: {', '.join(list_datasets())}")
     entries = zoo.load_zoo()
     models = Table(title="Named checkpoints: accuracy % over its 95% Wilson interval; n = PGD-10/AutoAttack "
                    "test images (ssmbench zoo show NAME)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=0)

@@ -2,13 +2,18 @@
 
     [study]
     dataset = "digits"
-    epochs = 6
+    epochs = 6                   # default: the dataset's paper epochs; any `ssmbench train` setting by name
     eval_examples = 360          # PGD-10 subset: per-epoch and final
     val_examples = 144           # held-out training images that select best (0: the test subset does)
     aa_examples = 64             # AutoAttack on the first N test images
     seeds = [0, 1, 2]            # default [0]: every cell is trained and evaluated once per seed
     checks = false               # default true; rows of a study without checks say "not checked"
     out = "runs/study-digits"
+
+    [method_params.trades]       # optional: a method's own parameters (default: the paper's)
+    beta = 3.0
+    [method_params.freeat]
+    m = 2
 
     [study.model]                # optional: overrides of the dataset preset, for every cell
     d_model = 64

@@ -13,21 +13,23 @@ from typing import TYPE_CHECKING, Any
 
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.config import ModelConfig, check_values
+from model_zoo.datasets import DEFAULT_DATASET
 from model_zoo.errors import UsageError, ZooError
-from model_zoo.layers import MIXERS
 from model_zoo.limits import SEED_RANGE
-from model_zoo.training import TrainConfig, list_methods
+from model_zoo.registry import list_models
+from model_zoo.training import METHODS, MethodParams, TrainConfig, list_methods
+from model_zoo.training.config import flat_keys
 from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, get_suite_spec
 from ssmbench.home import user_results
+from ssmbench.protocol import AUTOATTACK_EXAMPLES  # the paper's protocol, declared once
 
 if TYPE_CHECKING:  # a cell names its run directory; the grid module builds cells from a config
     from ssmbench.study.grid import Cell
 
 
-AUTOATTACK_EXAMPLES = 2000  # the paper's protocol: AutoAttack on the first 2000 test images
 # ModelConfig fields that the dataset or the grid decide; [study.model] cannot override them.
-_FIXED_MODEL_FIELDS = {"arch", "dataset", "ads", "attention", "channels", "height", "width", "classes"}
+_FIXED_MODEL_FIELDS = {"arch", "dataset", "ads", "attention", "channels", "height", "width", "classes", "input_kind"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class Grid:
     attention: tuple[bool, ...] = (False,)
 
     def __post_init__(self) -> None:
-        names = (("models", self.models, sorted(MIXERS)), ("methods", self.methods, list_methods()),
+        names = (("models", self.models, list_models()), ("methods", self.methods, list_methods()),
                  ("ads", self.ads, list(ADS_CHOICES)))
         for option, values, known in names:
             unknown = [str(v) for v in values if v not in known]
@@ -54,28 +56,22 @@ class Grid:
 class StudyConfig:
     """Everything a study does. Defaults are the paper's; examples count from the start of a split.
 
-    eval_examples: test images for the per-epoch PGD-10 and for the final PGD-10 evaluation
-    (None = the whole test split). val_examples: training images held out to select the best
-    checkpoint by PGD-10 (TrainConfig.val_examples); 0 selects on the test images instead. aa_examples: the first N test images for the
-    AutoAttack suites (capped at the split). model: overrides of the dataset preset for every cell;
-    a key that names an architecture holds overrides for that architecture only.
+    train: every cell's training settings (TrainConfig, whose defaults `ssmbench train` shares);
+    a cell sets its method and seed, `method_params` the method's own parameters (TRADES beta,
+    FreeAT m, ...; a method without an entry takes its defaults), and epochs left unset are the
+    dataset's paper epochs. train.eval_examples: test images for the per-epoch PGD-10 and for the
+    final PGD-10 evaluation (None = the whole test split). train.val_examples: training images
+    held out to select the best checkpoint by PGD-10; 0 selects on the test images instead.
+    aa_examples: the first N test images for the AutoAttack suites (capped at the split). model:
+    overrides of the dataset preset for every cell; a key that names an architecture holds
+    overrides for that architecture only.
     """
 
     grids: tuple[Grid, ...]
-    dataset: str = "digits"
+    dataset: str = DEFAULT_DATASET
     name: str = ""
-    # Training defaults are the trainer's (the paper's), so a study and `ssmbench train` agree.
-    epochs: int = TrainConfig.epochs
-    batch_size: int = TrainConfig.batch_size
-    lr: float = TrainConfig.lr
-    weight_decay: float = TrainConfig.weight_decay
-    eps: float = TrainConfig.eps
-    alpha: float = TrainConfig.alpha
-    steps: int = TrainConfig.steps
-    grad_clip: float | None = TrainConfig.grad_clip
-    train_examples: int | None = None
-    eval_examples: int | None = None
-    val_examples: int = TrainConfig.val_examples
+    train: TrainConfig = TrainConfig()
+    method_params: dict[str, MethodParams] = field(default_factory=dict)
     aa_examples: int = AUTOATTACK_EXAMPLES
     aa_version: str = "standard"
     backend: str = "official"
@@ -105,11 +101,14 @@ class StudyConfig:
         for option, value in (("aa_examples", self.aa_examples), ("eval_batch_size", self.eval_batch_size)):
             if value < 1:
                 raise UsageError(f"{option} must be >= 1, got {value}")
-        _check_overrides("[study.model]", {k: v for k, v in self.model.items() if k not in MIXERS})
-        for arch in sorted(set(self.model) & set(MIXERS)):
+        _check_overrides("[study.model]", {k: v for k, v in self.model.items() if k not in list_models()})
+        for arch in sorted(set(self.model) & set(list_models())):
             if not isinstance(self.model[arch], dict):
                 raise UsageError(f"[study.model.{arch}] must be a table of overrides, got {self.model[arch]!r}")
             _check_overrides(f"[study.model.{arch}]", self.model[arch])
+        for method, params in self.method_params.items():
+            if type(params) is not METHODS.get(method).params:
+                raise UsageError(f"[method_params.{method}] must be {METHODS.get(method).params.__name__}, got {type(params).__name__}")
         for method in dict.fromkeys(m for grid in self.grids for m in grid.methods):
             self.train_config(method, self.seeds[0])  # TrainConfig validates the numbers
 
@@ -118,16 +117,21 @@ class StudyConfig:
         return self.name or self.out.name
 
     def train_config(self, method: str, seed: int) -> TrainConfig:
-        return TrainConfig(
-            method=method, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-            weight_decay=self.weight_decay, eps=self.eps, alpha=self.alpha, steps=self.steps,
-            grad_clip=self.grad_clip, train_examples=self.train_examples, eval_examples=self.eval_examples,
-            val_examples=self.val_examples, seed=seed,
-        )
+        """The TrainConfig of the cells of `method` and `seed`, epochs resolved for the dataset."""
+        config = dataclasses.replace(self.train, method=method, seed=seed, params=self.method_params.get(method))
+        return config.resolved(self.dataset)
+
+    def with_settings(self, **settings: Any) -> StudyConfig:
+        """This study with some settings replaced: study fields by name, training settings by
+        their flat names (epochs, lr, eps, ... as in [study])."""
+        train = {key: settings.pop(key) for key in list(settings) if key in TRAIN_KEYS}
+        if train:
+            settings["train"] = TrainConfig.from_dict({**_train_settings(self.train), **train})
+        return dataclasses.replace(self, **settings)
 
     def model_overrides(self, arch: str) -> dict[str, Any]:
         """The preset overrides for `arch`: the shared ones, then its own on top."""
-        shared = {key: value for key, value in self.model.items() if key not in MIXERS}
+        shared = {key: value for key, value in self.model.items() if key not in list_models()}
         return {**shared, **self.model.get(arch, {})}
 
     def run_dir(self, cell: Cell) -> Path:
@@ -135,7 +139,7 @@ class StudyConfig:
 
     def examples(self, suite: str, available: int) -> int:
         """How many test images `suite` is run on: aa_examples for AutoAttack, eval_examples else."""
-        wanted = self.aa_examples if get_suite_spec(suite).uses_autoattack else self.eval_examples
+        wanted = self.aa_examples if get_suite_spec(suite).uses_autoattack else self.train.eval_examples
         return available if wanted is None else min(wanted, available)
 
 
@@ -152,8 +156,18 @@ def _check_overrides(table: str, overrides: dict[str, Any]) -> None:
 
 # -- reading a study file ---------------------------------------------------------------------------
 
-_STUDY_KEYS = {f.name for f in dataclasses.fields(StudyConfig)} - {"grids"}
+_STUDY_KEYS = {f.name for f in dataclasses.fields(StudyConfig)} - {"grids", "train", "method_params"}
 _GRID_KEYS = {f.name for f in dataclasses.fields(Grid)}
+# Training settings a [study] table may set by their flat names: all but what a cell decides
+# (method, seed) and the method parameters, which [method_params.METHOD] tables set.
+_METHOD_PARAM_KEYS = {f"{name.replace('-', '_')}_{item.name}" for name, spec in METHODS.items()
+                      for item in dataclasses.fields(spec.params)}
+TRAIN_KEYS = flat_keys() - {"method", "seed"} - _METHOD_PARAM_KEYS
+
+
+def _train_settings(config: TrainConfig) -> dict[str, Any]:
+    """The [study]-settable training settings of `config`, by their flat names."""
+    return {key: value for key, value in config.to_dict().items() if key in TRAIN_KEYS}
 
 
 def load_study(path: str | Path) -> StudyConfig:
@@ -177,13 +191,16 @@ def load_study(path: str | Path) -> StudyConfig:
 
 
 def _parse(document: dict[str, Any]) -> StudyConfig:
-    extra = sorted(set(document) - {"study", "grid"})
+    extra = sorted(set(document) - {"study", "grid", "method_params"})
     if extra:
-        raise UsageError(f"unknown top-level table(s) {', '.join(extra)}; a study has [study] and [[grid]]")
+        raise UsageError(f"unknown top-level table(s) {', '.join(extra)}; a study has [study], [[grid]] and [method_params.METHOD]")
     settings = dict(document.get("study", {}))
-    unknown = sorted(set(settings) - _STUDY_KEYS)
+    misplaced = sorted(set(settings) & _METHOD_PARAM_KEYS)
+    if misplaced:
+        raise UsageError(f"[study] {misplaced[0]}: method parameters go in their method's table, e.g. [method_params.trades] beta = 6.0")
+    unknown = sorted(set(settings) - _STUDY_KEYS - TRAIN_KEYS)
     if unknown:
-        raise UsageError(f"unknown [study] key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_STUDY_KEYS))}")
+        raise UsageError(f"unknown [study] key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_STUDY_KEYS | TRAIN_KEYS))}")
     for key in ("eps", "alpha"):
         if key in settings:
             settings[key] = _number(settings[key], key)
@@ -205,10 +222,27 @@ def _parse(document: dict[str, Any]) -> StudyConfig:
         if not_lists:
             raise UsageError(f"[[grid]] values must be lists, e.g. models = [\"s4\"]; not {', '.join(not_lists)}")
         grids.append(Grid(**{key: tuple(values) for key, values in table.items()}))
+    train = {key: settings.pop(key) for key in list(settings) if key in TRAIN_KEYS}
     try:
-        return StudyConfig(grids=tuple(grids), **settings)
+        return StudyConfig(grids=tuple(grids), train=TrainConfig.from_dict(train),
+                           method_params=_method_params(document.get("method_params", {})), **settings)
     except TypeError as exc:  # a value of the wrong type where the dataclass could not even be built
         raise UsageError(str(exc)) from None
+
+
+def _method_params(tables: object) -> dict[str, MethodParams]:
+    """[method_params.trades] beta = 3.0 ... -> {"trades": TradesParams(beta=3.0)}."""
+    if not isinstance(tables, dict) or not all(isinstance(table, dict) for table in tables.values()):
+        raise UsageError("method_params must hold one table per method, e.g. [method_params.trades] beta = 6.0")
+    params = {}
+    for method, table in tables.items():
+        spec = METHODS.get(method)
+        fields = sorted(item.name for item in dataclasses.fields(spec.params))
+        unknown = sorted(set(table) - set(fields))
+        if unknown:
+            raise UsageError(f"[method_params.{method}] has no {', '.join(unknown)}; {method} takes {', '.join(fields) or 'no parameters'}")
+        params[method] = spec.params(**table)
+    return params
 
 
 def _number(value: object, name: str) -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from model_zoo.layers import MIXERS
+from model_zoo.registry import list_models
 from ssmbench.attacks import get_suite_spec
 from ssmbench.leaderboard import ResultRow, read
 from ssmbench.leaderboard_render import PREAMBLE, render_markdown
@@ -32,11 +32,12 @@ def study_rows(config: StudyConfig) -> list[ResultRow]:
 
 def caption(config: StudyConfig) -> str:
     """What the numbers were measured with: training budget, model, and every evaluation subset."""
-    freeat = config.train_config("freeat", config.seeds[0])
-    train_set = f"the first {config.train_examples} training images" if config.train_examples else "the whole training split"
-    eval_set = f"the first {config.eval_examples} test images" if config.eval_examples else "the whole test split"
+    train, freeat = config.train_config("pgd", config.seeds[0]), config.train_config("freeat", config.seeds[0])
+    replays = freeat.method_params.m  # type: ignore[attr-defined]  # FreeATParams
+    train_set = f"the first {train.train_examples} training images" if train.train_examples else "the whole training split"
+    eval_set = f"the first {train.eval_examples} test images" if train.eval_examples else "the whole test split"
     model = f"the {config.dataset} preset" + _overrides_text(config.model)
-    selection_set = f"{config.val_examples} held-out training images (not trained on)" if config.val_examples else eval_set
+    selection_set = f"{train.val_examples} held-out training images (not trained on)" if train.val_examples else eval_set
     suites = []
     for suite in config.suites:
         if get_suite_spec(suite).uses_autoattack:
@@ -44,8 +45,8 @@ def caption(config: StudyConfig) -> str:
         else:
             suites.append(f"{suite} on {eval_set}")
     return (
-        f"Trained {_count(config.epochs, 'epoch')} (FreeAT {_count(freeat.effective_epochs, 'epoch')} x {freeat.freeat_m} replays) on {train_set}, "
-        f"batch {config.batch_size}, AdamW lr {config.lr:g} (cosine), weight decay {config.weight_decay:g}, "
+        f"Trained {_count(train.epochs or 0, 'epoch')} (FreeAT {_count(freeat.effective_epochs, 'epoch')} x {replays} replays) on {train_set}, "
+        f"batch {train.batch_size}, {train.optim.optimizer} lr {train.optim.lr:g} ({train.optim.schedule}), weight decay {train.optim.weight_decay:g}, "
         f"{_count(len(config.seeds), 'seed')} ({', '.join(map(str, config.seeds))}); model: {model}. "
         f"Best = the epoch with the highest PGD-10 accuracy on {selection_set}. Evaluated: {'; '.join(suites)}. "
         + ("Sanity checks on every evaluation." if config.checks else "Sanity checks off (checks = false): the rows say not checked.")
@@ -58,9 +59,9 @@ def _count(n: int, noun: str) -> str:
 
 def _overrides_text(model: dict[str, Any]) -> str:
     """' with d_model = 64 (mamba: d_state = 16)' for the caption; '' without overrides."""
-    shared = ", ".join(f"{key} = {value}" for key, value in sorted(model.items()) if key not in MIXERS)
+    shared = ", ".join(f"{key} = {value}" for key, value in sorted(model.items()) if key not in list_models())
     own = "; ".join(f"{arch}: {', '.join(f'{k} = {v}' for k, v in sorted(model[arch].items()))}"
-                    for arch in sorted(set(model) & set(MIXERS)))
+                    for arch in sorted(set(model) & set(list_models())))
     text = f" with {shared}" if shared else ""
     return text + (f" ({own})" if own else "")
 

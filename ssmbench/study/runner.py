@@ -275,7 +275,7 @@ def _evaluate(
 
         try:
             results.append(evaluate(
-                model, images, labels, suite, config.eps, n, config.eval_batch_size, device, config.backend,
+                model, images, labels, suite, config.train.threat.eps, n, config.eval_batch_size, device, config.backend,
                 cell.seed, progress, version=config.aa_version, checks=CheckConfig() if config.checks else None,
                 state_path=path.parent / f"eval-{kind}-{suite}.json",
             ))
@@ -289,8 +289,8 @@ def _evaluate(
 
 def _run_id(config: StudyConfig, cell: Cell, hashes: list[str]) -> str:
     """Stable for one cell's checkpoints and evaluation settings, so a rerun never records twice."""
-    key = json.dumps({"cell": cell.name, "checkpoints": hashes, "suites": config.suites, "eps": config.eps,
-                      "eval": config.eval_examples, "aa": config.aa_examples, "backend": config.backend,
+    key = json.dumps({"cell": cell.name, "checkpoints": hashes, "suites": config.suites, "eps": config.train.threat.eps,
+                      "eval": config.train.eval_examples, "aa": config.aa_examples, "backend": config.backend,
                       "version": config.aa_version, "seed": cell.seed}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 

@@ -1,0 +1,146 @@
+"""The LTI convolution mixers' shared core, y = K * u + D u, and the choice of convolution algorithm.
+
+S4, DSS and S4D differ only in how they compute the kernel K (H, L) from their weights; applying it
+is the same causal convolution per channel, implemented once here. Two exact algorithms compute it:
+
+- `fft`: real FFTs of size 2L (`FFTCausalConv`), O(L log L) per channel;
+- `direct`: one batched matmul with the (H, L, L) Toeplitz matrix of K (`ToeplitzCausalConv`),
+  O(L^2) per channel, but one dense GEMM instead of two FFTs, a complex product and their copies.
+
+`conv_algorithm(L)` picks `direct` for L <= DIRECT_MAX_LENGTH. The rule rests on this measurement
+(2-core AMD EPYC, torch 2.13 CPU, one thread, batch 64, H = 128, float32, forward + backward of
+the convolution alone, best of 7, fft time / direct time; taken side by side in one process on a
+shared machine at load average ~10, so ratios for guidance, not published figures):
+
+    L                                16     32     64    100    128    196    256    784
+    input gradient only (attacks)  2.60x  6.18x  2.00x  1.04x  0.97x  1.55x  1.01x  0.76x
+    input + kernel gradient        1.36x  0.51x  1.13x  1.09x  0.67x  0.43x  0.56x  0.25x
+
+Direct wins clearly up to L = 64 (digits, 8x8) for the attack passes that dominate adversarial
+training, is level around 100-256, and loses at 784 (MNIST), where its L^2 work is 4x the FFT's;
+the training pass (kernel gradient too) turns against it past 64. Hence the threshold 64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from model_zoo.layers.base import FFTCausalConv, SSMMixer, fft_size
+
+DIRECT_MAX_LENGTH = 64
+
+
+def toeplitz_operator(k: torch.Tensor) -> torch.Tensor:
+    """(H, L, L) with op[h, s, t] = k[h, t - s] for t >= s, else 0, so that y_h = u_h @ op_h."""
+    channels, length = k.shape
+    steps = torch.arange(length, device=k.device)
+    lag = steps[None, :] - steps[:, None]
+    padded = torch.cat([k, k.new_zeros(channels, 1)], dim=1)  # index `length` reads a zero
+    return padded[:, torch.where(lag >= 0, lag, length)]
+
+
+def diagonal_sums(m: torch.Tensor) -> torch.Tensor:
+    """out[h, j] = sum_s m[h, s, s + j] for j < L: the adjoint of `toeplitz_operator`.
+
+    Padding each row with L zeros and reading it with row stride 2L + 1 puts diagonal j in column j.
+    """
+    channels, length, _ = m.shape
+    padded = F.pad(m, (0, length))  # (H, L, 2L), contiguous
+    return padded.as_strided((channels, length, length), (2 * length * length, 2 * length + 1, 1)).sum(1)
+
+
+class ToeplitzCausalConv(torch.autograd.Function):
+    """y = u causally convolved with k along the last axis as a batched matmul with k's Toeplitz
+    matrix `op` (passed in so that a frozen model builds it once); its gradient goes to k.
+
+    u: (..., H, L); k: (H, L); op: toeplitz_operator(k) (H, L, L).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, u: torch.Tensor, k: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
+        shape = u.shape
+        u_h = u.reshape(-1, *shape[-2:]).transpose(0, 1)  # (H, B, L)
+        ctx.shape = shape
+        ctx.save_for_backward(op, u_h if ctx.needs_input_grad[1] else None)
+        return torch.matmul(u_h, op).transpose(0, 1).reshape(shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        op, u_h = ctx.saved_tensors
+        g_h = grad_y.reshape(-1, *ctx.shape[-2:]).transpose(0, 1)
+        grad_u = grad_k = None
+        if ctx.needs_input_grad[0]:  # dL/du[s] = sum_t op[s, t] g[t]
+            grad_u = torch.matmul(g_h, op.transpose(1, 2)).transpose(0, 1).reshape(ctx.shape)
+        if ctx.needs_input_grad[1]:  # dL/dk[j] = sum_{b, s} u[b, s] g[b, s + j]
+            grad_k = diagonal_sums(torch.matmul(u_h.transpose(1, 2), g_h))
+        return grad_u, grad_k, None
+
+
+@dataclass(frozen=True)
+class ConvAlgorithm:
+    """An exact causal convolution: `prepare(k)` builds the weight-only operator (cached while the
+    weights are frozen), `apply(u, k, operator)` convolves with gradients to u and k."""
+
+    name: str
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    apply: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _fft_apply(u: torch.Tensor, k: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
+    return FFTCausalConv.apply(u, k, spectrum, fft_size(u.shape[-1]))
+
+
+CONV_ALGORITHMS = {
+    "fft": ConvAlgorithm("fft", lambda k: torch.fft.rfft(k, n=fft_size(k.shape[-1])), _fft_apply),
+    "direct": ConvAlgorithm("direct", toeplitz_operator, ToeplitzCausalConv.apply),
+}
+
+
+def conv_algorithm(length: int) -> ConvAlgorithm:
+    """The faster exact algorithm at this sequence length (see the measurement above)."""
+    return CONV_ALGORITHMS["direct" if length <= DIRECT_MAX_LENGTH else "fft"]
+
+
+def causal_conv(u: torch.Tensor, k: torch.Tensor, algorithm: str | None = None) -> torch.Tensor:
+    """y[t] = sum_{s<=t} k[s] u[t-s] along the last axis; u (..., H, L), k (H, L) real."""
+    conv = conv_algorithm(u.shape[-1]) if algorithm is None else CONV_ALGORITHMS[algorithm]
+    return conv.apply(u, k, conv.prepare(k.detach()))
+
+
+class LTIConvMixer(SSMMixer):
+    """Base of S4, DSS and S4D: core(x) = K * x + D x per channel, with K = kernel(L) (H, L).
+
+    Subclasses define `kernel(length)` and a parameter `d` (H,). The kernel and its operator
+    (spectrum or Toeplitz matrix) are computed once while the weights are frozen (eval mode or
+    `frozen_weights`, model_zoo/frozen.py) and on every pass otherwise.
+    """
+
+    d: torch.nn.Parameter
+
+    def kernel(self, length: int) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def causal_conv(self, u: torch.Tensor) -> torch.Tensor:
+        """u (B, H, L) convolved causally with `kernel(L)`."""
+        length = u.shape[-1]
+        conv = conv_algorithm(length)
+
+        def kernel_and_operator() -> tuple[torch.Tensor, torch.Tensor]:
+            kernel = self.kernel(length).to(u.dtype)
+            return kernel, conv.prepare(kernel.detach())
+
+        key = ("conv", conv.name, length, u.device, u.dtype)
+        kernel, operator = self.weight_cache.get(self, key, kernel_and_operator)
+        return conv.apply(u, kernel, operator)
+
+    def core(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.transpose(1, 2)  # (B, H, L)
+        y = self.causal_conv(u) + self.d[:, None] * u
+        return y.transpose(1, 2)
