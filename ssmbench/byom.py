@@ -262,7 +262,7 @@ def measure(
     model: nn.Module, dataset: str, eps: float, suite: str, *, n_examples: int | None = None, batch_size: int = 256,
     device: str | torch.device | None = None, backend: str = "official", seed: int = 0, version: str = "standard",
     checks: CheckConfig | None = CheckConfig(), contract: ContractConfig = ContractConfig(), data_dir: Path | None = None,
-    progress: Progress | None = None, state_path: Path | None = None,
+    progress: Progress | None = None, state_path: Path | None = None, norm: str = "linf",
 ) -> Measured:
     """Check the contract, then run `suite` on the first `n_examples` test images of `dataset`."""
     if not isinstance(model, nn.Module):
@@ -274,7 +274,7 @@ def measure(
     flags = check_contract(model.to(run_on), images, labels, info.classes, contract, run_on)
     sha256 = weights_sha256(model)
     result = evaluate(model, images, labels, suite, eps, n, batch_size, device, backend, seed, progress,
-                      version=version, checks=checks, state_path=state_path)
+                      version=version, checks=checks, state_path=state_path, norm=norm)
     return Measured(with_flags(result, flags), sha256)
 
 

@@ -243,11 +243,11 @@ def run_checks(
     if settings.eps == 0:
         return tuple(outcomes)
     suite_robust = list(robust_after.values())[-1]
-    r10 = _robust(PGD(settings.eps, steps=10, seed=settings.seed), model, xs, ys)
+    r10 = _robust(PGD(settings.eps, steps=10, seed=settings.seed, norm=settings.norm), model, xs, ys)
     # The long attack maximizes both CE and the margin: CE alone can stall on a plain but poorly
     # fit model (it is not masking when a margin loss on the same gradients succeeds).
-    r_margin = _robust(PGD(settings.eps, steps=config.long_steps, seed=settings.seed, loss_fn=margin_loss), model, xs, ys)
-    r100 = r_margin & _robust(PGD(settings.eps, steps=config.long_steps, seed=settings.seed), model, xs, ys)
+    r_margin = _robust(PGD(settings.eps, steps=config.long_steps, seed=settings.seed, loss_fn=margin_loss, norm=settings.norm), model, xs, ys)
+    r100 = r_margin & _robust(PGD(settings.eps, steps=config.long_steps, seed=settings.seed, norm=settings.norm), model, xs, ys)
     if any(attack.black_box for attack in attacks):
         outcomes.append(check_black_box_in_suite(attacks, clean, robust_after, config))
         reference = suite_robust[:k]

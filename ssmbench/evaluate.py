@@ -105,6 +105,7 @@ def evaluate(
     version: str = "standard",
     checks: CheckConfig | None = CheckConfig(),
     state_path: str | Path | None = None,
+    norm: str = "linf",
     box: str | None = None,
 ) -> EvalResult:
     """Run `suite` at `eps` on the first `n_examples` (default: all) of images/labels.
@@ -119,8 +120,8 @@ def evaluate(
     waits in a collective while they run.
     """
     n = _validate(images, labels, n_examples, batch_size)
-    settings = AttackSettings(eps, backend, version, seed, box)
-    threat_model = threat_model_name(bounds_of(model, box))
+    settings = AttackSettings(eps, backend, version, seed, norm, box)
+    threat_model = threat_model_name(norm, bounds_of(model, box))
     runner = build_suite(suite, settings)
     device = torch.device(device) if device is not None else default_device()
     model = model.to(device)
@@ -196,6 +197,7 @@ def _fingerprint(
         "format": STATE_FORMAT,
         "suite": label,
         "eps": settings.eps,
+        "norm": settings.norm,
         "backend": settings.backend,
         "seed": settings.seed,
         **({"box": settings.box} if settings.box is not None else {}),

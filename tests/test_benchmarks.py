@@ -16,7 +16,7 @@ import torch
 
 import benchmarks
 from benchmarks import BENCHMARKS, Context, Report, RunOptions, Task, commit_worker, run_benchmarks
-from benchmarks.commit import ROOT, baseline_worktree
+from benchmarks.commit import ROOT, baseline_tree
 from benchmarks.mamba import MAMBAPY_INSTALL, use_mambapy
 from benchmarks.mixers import ARCHS, tiny_overrides, use_recurrences
 from benchmarks.runner import BASELINE_COMMIT, cpu_model, measure, measure_here
@@ -177,14 +177,14 @@ def test_commit_benchmark_runs_this_tree_and_the_baseline_commit_side_by_side(ti
     gflops = rows[4].fields
     assert gflops["ours_gflops"] > 0 and gflops["matmul_gflops"] > 0
     assert gflops["ours_fraction_of_matmul"] == pytest.approx(gflops["ours_gflops"] / gflops["matmul_gflops"])
-    # The temporary worktree is gone.
+    # The baseline tree was extracted into the run's scratch folder, which is gone with it.
     listed = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
     assert "ssmbench-bench-" not in listed
 
 
 def test_a_baseline_commit_that_does_not_exist_is_a_skipped_side_with_the_reason(tmp_path: Path) -> None:
     context = Context("tiny", RunOptions(threads=1, baseline_commit="no-such-revision"), tmp_path)
-    tree, why = baseline_worktree(context, "no-such-revision")
+    tree, why = baseline_tree(context, "no-such-revision")
     assert tree is None and "cannot check out baseline commit no-such-revision" in why
 
 

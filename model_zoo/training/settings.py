@@ -17,9 +17,11 @@ import torch
 
 from model_zoo.errors import UsageError
 from model_zoo.limits import MAX_EPS, MAX_LR
+from model_zoo.training import perturb
 
-# Norm name -> how metadata and tables print it ("threat_model": "Linf").
-NORMS: dict[str, str] = {"linf": "Linf"}
+# Norm name -> how metadata and tables print it ("threat_model": "Linf"), from the perturbation
+# registry. Training defends against Linf only so far; evaluation also attacks in L2.
+NORMS: dict[str, str] = {name: perturb.NORMS[name].name for name in ("linf",)}
 
 
 def help_text(cls: type, name: str) -> str:

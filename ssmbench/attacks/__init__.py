@@ -12,8 +12,8 @@ official code or torchattacks) and `suites` (worst-case composition and the suit
 from ssmbench.attacks.base import (
     AUTOATTACK_VERSIONS,
     BACKENDS,
+    BOX_SUFFIXES,
     THREAT_MODEL,
-    THREAT_MODEL_NAMES,
     Attack,
     AttackHook,
     AttackResult,
@@ -44,7 +44,7 @@ __all__ = [
     "PGD",
     "SUITES",
     "THREAT_MODEL",
-    "THREAT_MODEL_NAMES",
+    "BOX_SUFFIXES",
     "Attack",
     "AttackHook",
     "AttackResult",

@@ -96,7 +96,7 @@ class AutoAttackPart(Attack):
     """One attack of AutoAttack (e.g. 'apgd-t') from one backend."""
 
     def __init__(self, part: str, settings: AttackSettings, n_queries: int | None = None) -> None:
-        super().__init__(settings.eps, settings.box)
+        super().__init__(settings.eps, settings.norm, settings.box)
         if part not in AUTOATTACK_PARTS[settings.version]:
             raise ValueError(f"{part!r} is not part of AutoAttack {settings.version!r}")
         self.name = part
@@ -132,7 +132,7 @@ class AutoAttackPart(Attack):
         from pyautoattack import AutoAttack
 
         s = self.settings
-        runner = AutoAttack(model, eps=eps, seed=s.seed, version=s.version, device=x.device)
+        runner = AutoAttack(model, norm=s.threat_model, eps=eps, seed=s.seed, version=s.version, device=x.device)
         runner.attacks_to_run = [self.name]
         # The version's 9 target classes need 10 classes; fewer (GunPoint has 2) would index past
         # the logits. Target every other class instead, as torchattacks' parts do below.
@@ -151,7 +151,7 @@ class AutoAttackPart(Attack):
         s = self.settings
         with torch.no_grad():
             n_classes = model(x[:1]).shape[-1]
-        runner = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version=s.version, n_classes=n_classes, seed=s.seed)
+        runner = torchattacks.AutoAttack(model, norm=s.threat_model, eps=eps, version=s.version, n_classes=n_classes, seed=s.seed)
         # torchattacks 3.5.1 keeps the version's attacks, in AUTOATTACK_PARTS order, in a MultiAttack.
         attack = runner._autoattack.attacks[AUTOATTACK_PARTS[s.version].index(self.name)]
         if hasattr(attack, "steps"):
@@ -169,6 +169,6 @@ def autoattack_parts(settings: AttackSettings) -> tuple[Attack, ...]:
 
 
 def square(settings: AttackSettings, n_queries: int | None = None) -> Attack:
-    """The black-box Square attack (Linf, p_init 0.8, one restart) as configured in AutoAttack
+    """The black-box Square attack (in the settings' norm, p_init 0.8, one restart) as configured in AutoAttack
     standard, from the chosen backend: pyautoattack's SquareAttack or torchattacks.Square."""
     return AutoAttackPart("square", dataclasses.replace(settings, version="standard"), n_queries)

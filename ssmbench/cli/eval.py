@@ -26,7 +26,9 @@ from torch import nn
 from model_zoo.bounds import BOXES
 from model_zoo.checkpoints import CheckpointMeta, file_sha256, read_meta
 from model_zoo.errors import RunError, UsageError
+from model_zoo.limits import MAX_EPS
 from model_zoo.training import distributed
+from model_zoo.training.perturb import NORMS
 from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES
 from ssmbench.byom import CONTRACT_FLAGS, build_user_model, is_callable_spec, load_weights, measure, parse_model_kwargs, user_row, weights_sha256
@@ -152,7 +154,8 @@ def eval_command(
     target: str = typer.Argument(..., help="A .safetensors checkpoint, a zoo name, a run directory (then best and last are evaluated and Diff = best - last is shown), or your own model as module:callable (returns an nn.Module; needs --dataset)."),
     attack: str = typer.Option("pgd10", "--attack", help=f"Attack suite: {' | '.join(SUITES)} (all = pgd10, then AutoAttack on what PGD-10 left standing)."),
     n_examples: int = typer.Option(None, help=f"Evaluate the first N test images. Default, the paper's protocol: {AUTOATTACK_EXAMPLES} (or the whole split if smaller) for autoattack and all, the whole test set for pgd10."),
-    eps: str = typer.Option("8/255", help="Linf radius: on [0, 1] images, e.g. 8/255 or 0.03; on sequences, in training standard deviations per channel, e.g. 0.1."),
+    eps: str = typer.Option("8/255", help="Radius of the threat model's ball: on [0, 1] images, e.g. 8/255 (Linf) or 0.5 (L2); on sequences, in training standard deviations per channel, e.g. 0.1."),
+    norm: str = typer.Option("linf", help=f"Threat model's norm: {' | '.join(NORMS)} (L2 PGD steps 2.5 eps / 10; AutoAttack's L2 version in both backends)."),
     box: str = typer.Option(None, help="Input box of a sequence model: none (default: no box, eps-ball only) | observed (also stay in the training split's range). Images always use [0, 1]."),
     backend: str = typer.Option("official", help="AutoAttack implementation: official (the authors' code, pyautoattack) | torchattacks (its reimplementation, run with the same 100-iteration, 9-target budget)."),
     batch_size: int = typer.Option(256, help="Examples per batch; each batch runs the whole suite."),
@@ -186,7 +189,8 @@ def eval_command(
     suite = _choose(attack, list(SUITES), "--attack")
     _choose(backend, BACKENDS, "--backend")
     _choose(version, AUTOATTACK_VERSIONS, "--version")
-    radius = parse_fraction(eps, "--eps")
+    _choose(norm, list(NORMS), "--norm")
+    radius = parse_fraction(eps, "--eps", maximum=MAX_EPS if norm == "linf" else None)
     for option, value in (("--n-examples", n_examples), ("--batch-size", batch_size), ("--check-examples", check_examples)):
         if value is not None and value < 1:
             raise UsageError(f"{option} must be >= 1, got {value}")
@@ -195,7 +199,7 @@ def eval_command(
     if box is not None:
         _choose(box, BOXES, "--box")
     options = _Options(suite, radius, batch_size, device, backend, seed, version, CheckConfig(n_examples=check_examples) if checks else None, state_dir,
-                       compile_model, box)
+                       compile_model, norm, box)
     run_id = uuid.uuid4().hex[:12]
     if is_callable_spec(target):
         _eval_user_model(target, run_id, options, n_examples, data_dir, _UserModel(dataset, model_kwargs, weights, name),
@@ -269,12 +273,13 @@ def _eval_user_model(
     arch = user.name or (spec + json.dumps(kwargs, sort_keys=True) if kwargs else spec)
     with distributed.process_group(torch.device(options.device) if options.device is not None else default_device()):
         key = {"target": spec, "kwargs": kwargs, "suite": options.suite, "version": options.version, "eps": options.eps,
-               "n": n_examples, "backend": options.backend, "seed": options.seed, "batch_size": options.batch_size}
+               "n": n_examples, "backend": options.backend, "seed": options.seed, "batch_size": options.batch_size,
+               **({"norm": options.norm} if options.norm != "linf" else {})}
         measured = _with_progress(f"{spec} {options.suite}", lambda show: measure(
             model, info.name, options.eps, options.suite, n_examples=n_examples, batch_size=options.batch_size,
             device=options.device, backend=options.backend, seed=options.seed, version=options.version,
             checks=options.checks, data_dir=data_dir, progress=show,
-            state_path=_state_path(options.state_dir, weights_sha256(model), key)))
+            state_path=_state_path(options.state_dir, weights_sha256(model), key), norm=options.norm))
         if not distributed.current().is_main:
             return
     item = _Evaluated(spec, None, None, measured.result, measured.weights_sha256)
@@ -299,6 +304,7 @@ class _Options:
     checks: CheckConfig | None
     state_dir: Path | None
     compile: bool = False
+    norm: str = "linf"
     box: str | None = None
 
 
@@ -317,12 +323,13 @@ def _evaluate_checkpoint(
     if n > len(images):
         raise UsageError(f"--n-examples {n} exceeds the {len(images)} test images of {meta.config.dataset}")
     key = {"suite": options.suite, "version": options.version, "eps": options.eps, "n": n, "backend": options.backend,
-           "seed": options.seed, "batch_size": options.batch_size, **({"box": options.box} if options.box else {})}
+           "seed": options.seed, "batch_size": options.batch_size, **({"norm": options.norm} if options.norm != "linf" else {}),
+           **({"box": options.box} if options.box else {})}
     label = f"{meta.kind or name} {options.suite}"
     return _with_progress(label, lambda show: evaluate(
         model, images, labels, options.suite, options.eps, n, options.batch_size, options.device, options.backend,
         options.seed, show, version=options.version, checks=options.checks,
-        state_path=_state_path(options.state_dir, sha256, key), box=options.box,
+        state_path=_state_path(options.state_dir, sha256, key), norm=options.norm, box=options.box,
     ))
 
 
