@@ -1,8 +1,8 @@
 """`commit`: this source tree against the baseline commit, each side in a fresh process of its own.
 
 The baseline commit (runner.BASELINE_COMMIT: main before the speed work of issue 18, or
-`ssmbench bench --baseline-commit REV`) is checked out into a temporary git worktree for the run
-and removed afterwards. Every case runs `benchmarks/commit_worker.py` twice with the same
+`ssmbench bench --baseline-commit REV`) is checked out into the run's temporary folder (its tree,
+extracted with `git archive`), which goes with the run. Every case runs `benchmarks/commit_worker.py` twice with the same
 arguments, once with PYTHONPATH on this tree and once on the baseline's, so both sides execute the
 same harness around their own `model_zoo` / `ssmbench`. Cases:
 
@@ -25,10 +25,12 @@ nothing slower than the baseline.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,7 @@ EPOCH_CASES = (("s4", "none"), ("s4", "tanh"), ("dss", "none"), ("mamba", "none"
 FWD_BWD_CASES = (("s4", "none"), ("dss", "none"), ("dss", "tanh"), ("s4d", "none"), ("s5", "none"),
                  ("mamba", "none"), ("mega", "none"))
 SCALES = {
-    "full": CommitScale(EPOCH_CASES, (64, 256), FWD_BWD_CASES, autoattack_examples=16),
+    "full": CommitScale(EPOCH_CASES, (64, 256), FWD_BWD_CASES, autoattack_examples=8),
     "quick": CommitScale(EPOCH_CASES[:2], (64,), FWD_BWD_CASES[:3], autoattack_examples=4, train_examples=256,
                          fwd_bwd_repeats=1),
     # Seconds: the plumbing of both sides, with a radius so large that APGD-CE breaks every point.
@@ -73,20 +75,23 @@ SCALES = {
 }
 
 
-def baseline_worktree(ctx: Context, commit: str) -> tuple[Path | None, str]:
-    """Check `commit` out into the scratch folder (a detached git worktree); (path, '') or (None, why)."""
+def baseline_tree(ctx: Context, commit: str) -> tuple[Path | None, str]:
+    """The tree of `commit` extracted into the scratch folder (`git archive`); (path, '') or (None, why).
+
+    An archive rather than `git worktree add`: it leaves nothing in the repository to clean up,
+    even when the run is killed, and the scratch folder goes with the run.
+    """
     path = ctx.scratch / "baseline"
     if path.is_dir():
         return path, ""
-    command = ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), commit]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode:
-        return None, f"cannot check out baseline commit {commit}: {done.stderr.strip().splitlines()[-1:] or done.returncode}"
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit], capture_output=True)
+    if archive.returncode:
+        reason = archive.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit code {archive.returncode}"]
+        return None, f"cannot check out baseline commit {commit}: {reason[0]}"
+    path.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(path, filter="data")
     return path, ""
-
-
-def remove_worktree(path: Path) -> None:
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
 
 
 def run_side(ctx: Context, label: str, tree: Path, case: dict[str, Any]) -> Measurement:
@@ -125,16 +130,12 @@ def _case_name(arch: str, ads: str) -> str:
 
 @register_benchmark("commit")
 def commit_benchmark(ctx: Context) -> list[Row]:
-    """This tree against the baseline commit (temporary worktree): PGD-AT epochs, fwd+bwd, AutoAttack, GFLOP/s."""
+    """This tree against the baseline commit (extracted to a temporary folder): PGD-AT epochs, fwd+bwd, AutoAttack, GFLOP/s."""
     scale = SCALES[ctx.scale]
     commit = ctx.options.baseline_commit
     label = f"commit {commit}"
-    tree, why = baseline_worktree(ctx, commit)
-    try:
-        return _rows(ctx, scale, tree, label, why)
-    finally:
-        if tree is not None:
-            remove_worktree(tree)
+    tree, why = baseline_tree(ctx, commit)
+    return _rows(ctx, scale, tree, label, why)
 
 
 def _rows(ctx: Context, scale: CommitScale, tree: Path | None, label: str, why: str) -> list[Row]:

@@ -33,12 +33,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from model_zoo.bounds import bounds_of
 from model_zoo.checkpoints import tensors_sha256
 from model_zoo.devices import resolve_device
 from model_zoo.errors import UsageError
 from model_zoo.files import atomic_write_bytes
 from model_zoo.training import distributed
-from ssmbench.attacks import THREAT_MODEL, Attack, AttackSettings, SuiteResult, build_suite, eval_mode, suite_backend, suite_label
+from ssmbench.attacks import (
+    THREAT_MODEL,
+    Attack,
+    AttackSettings,
+    SuiteResult,
+    build_suite,
+    eval_mode,
+    suite_backend,
+    suite_label,
+    threat_model_name,
+)
 from ssmbench.checks import CheckConfig, CheckOutcome, run_checks
 from ssmbench.outcomes import labels_sha256
 
@@ -50,12 +61,14 @@ STATE_FORMAT = 1
 class EvalSettings:
     """How an evaluation runs; the defaults are the paper's protocol on every example given.
 
-    eps: the Linf radius on [0, 1] images. n_examples: the first N (None: all). batch_size: a batch
+    eps: the radius in `norm`. n_examples: the first N (None: all). batch_size: a batch
     runs the whole suite and PGD's noise is seeded per batch, so the batch size is part of what
     decides a result (and of what a state file must match). device: None picks CUDA when present.
     backend, version: which AutoAttack code and version the AutoAttack suites run. seed: the
     attacks'. checks: the sanity checks (None: off). state_path: with it, finished batches are
     saved there and a rerun with the same settings skips them; the file goes when the run completes.
+    norm: the threat model's norm ("linf" or "l2"). box: the input box where the model allows a
+    choice (sequences: "none", the default, or "observed"); the result's threat_model names it.
     """
 
     eps: float = 8 / 255
@@ -67,15 +80,17 @@ class EvalSettings:
     seed: int = 0
     checks: CheckConfig | None = CheckConfig()
     state_path: str | Path | None = None
+    norm: str = "linf"
+    box: str | None = None
 
     def __post_init__(self) -> None:
-        AttackSettings(self.eps, self.backend, self.version, self.seed)  # refuses a bad eps, backend or version now
+        self.attack_settings  # noqa: B018  (building them refuses a bad eps, backend, version, norm or box now)
         if self.batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
 
     @property
     def attack_settings(self) -> AttackSettings:
-        return AttackSettings(self.eps, self.backend, self.version, self.seed)
+        return AttackSettings(self.eps, self.backend, self.version, self.seed, self.norm, self.box)
 
 
 @dataclass(frozen=True)
@@ -138,6 +153,7 @@ def evaluate(
     images, labels = data
     n = _validate(images, labels, settings.n_examples)
     attack_settings, batch_size, checks = settings.attack_settings, settings.batch_size, settings.checks
+    threat_model = threat_model_name(settings.norm, bounds_of(model, settings.box))
     runner = build_suite(suite, attack_settings)
     device = resolve_device(settings.device)
     model = model.to(device)
@@ -183,14 +199,15 @@ def evaluate(
         device=str(device),
         seed=settings.seed,
         wall_seconds=state.seconds + time.perf_counter() - began,
+        threat_model=threat_model,
         labels_sha256=labels_sha256(y),
         check_examples=0 if checks is None else min(checks.n_examples, n),
     )
 
 
 def _validate(images: torch.Tensor, labels: torch.Tensor, n_examples: int | None) -> int:
-    if images.ndim != 4 or len(images) != len(labels):
-        raise UsageError(f"expected images (N, C, H, W) and N labels, got {tuple(images.shape)} and {tuple(labels.shape)}")
+    if images.ndim not in (3, 4) or len(images) != len(labels):
+        raise UsageError(f"expected images (N, C, H, W) or series (N, C, L) and N labels, got {tuple(images.shape)} and {tuple(labels.shape)}")
     n = len(images) if n_examples is None else n_examples
     if not 1 <= n <= len(images):
         raise UsageError(f"n_examples must be between 1 and {len(images)} (the split's size), got {n}")
@@ -208,8 +225,10 @@ def _fingerprint(
         "format": STATE_FORMAT,
         "suite": label,
         "eps": settings.eps,
+        "norm": settings.norm,
         "backend": settings.backend,
         "seed": settings.seed,
+        **({"box": settings.box} if settings.box is not None else {}),
         "batch_size": batch_size,
         "n_examples": len(x),
         "model_sha256": tensors_sha256(weights),

@@ -175,6 +175,21 @@ def test_the_shipped_digits_study_is_the_papers_grid() -> None:
         assert expand(load_study(STUDIES / other))[0]
 
 
+def test_a_grid_can_set_its_own_seeds(tmp_path: Path) -> None:
+    """Headline cells with three seeds, the rest of the grid with the study's one, in one file."""
+    text = TINY + """
+[[grid]]
+models = ["s4d"]
+methods = ["pgd"]
+ads = ["tanh"]
+seeds = [0, 1, 2]
+"""
+    cells, _ = expand(load_study(write_study(tmp_path, text)))
+    assert [c.name for c in cells] == ["s4d-st-none", "s4d-pgd-none", "s4d-pgd-tanh", "s4d-pgd-tanh-seed1", "s4d-pgd-tanh-seed2"]
+    with pytest.raises(UsageError, match=re.escape("grid seeds must list distinct integers")):
+        load_study(write_study(tmp_path, text.replace("seeds = [0, 1, 2]", "seeds = [1, 1]")))
+
+
 def test_val_examples_reach_the_trainer_and_the_caption(tmp_path: Path) -> None:
     config = load_study(write_study(tmp_path, TINY.replace("eval_examples = 32", "eval_examples = 32\nval_examples = 16")))
     assert config.train_config("pgd", 0).val_examples == 16 and config.train_config("pgd", 0).selection == "val"

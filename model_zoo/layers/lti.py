@@ -8,17 +8,18 @@ is the same causal convolution per channel, implemented once here. Two exact alg
   O(L^2) per channel, but one dense GEMM instead of two FFTs, a complex product and their copies.
 
 `conv_algorithm(L)` picks `direct` for L <= DIRECT_MAX_LENGTH. The rule rests on this measurement
-(2-core AMD EPYC, torch 2.13 CPU, one thread, batch 64, H = 128, float32, forward + backward of
-the convolution alone, best of 7, fft time / direct time; taken side by side in one process on a
-shared machine at load average ~10, so ratios for guidance, not published figures):
+(2-core AMD EPYC, torch 2.13 CPU, one thread, batch 64, H = 128, float32, u in the (B, H, L) view
+that `core` passes, forward + backward of the convolution alone, best of 7; fft time / direct time;
+taken side by side in one process on a shared machine at load average ~15, so ratios for guidance,
+not published figures):
 
     L                                16     32     64    100    128    196    256    784
-    input gradient only (attacks)  2.60x  6.18x  2.00x  1.04x  0.97x  1.55x  1.01x  0.76x
-    input + kernel gradient        1.36x  0.51x  1.13x  1.09x  0.67x  0.43x  0.56x  0.25x
+    input gradient only (attacks)  2.02x  3.94x  1.61x  1.65x  0.70x  2.14x  0.47x  0.64x
+    input + kernel gradient        2.44x  5.02x  1.10x  0.82x  0.76x  0.34x  0.32x  0.19x
 
-Direct wins clearly up to L = 64 (digits, 8x8) for the attack passes that dominate adversarial
-training, is level around 100-256, and loses at 784 (MNIST), where its L^2 work is 4x the FFT's;
-the training pass (kernel gradient too) turns against it past 64. Hence the threshold 64.
+Direct wins up to L = 64 (digits, 8x8) in both the attack passes, which dominate adversarial
+training, and the training pass; past 64 the training pass turns against it and by 256 the attack
+passes do too (its L^2 work against the FFT's L log L). Hence the threshold 64.
 """
 
 from __future__ import annotations
@@ -65,21 +66,23 @@ class ToeplitzCausalConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, u: torch.Tensor, k: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
         shape = u.shape
-        u_h = u.reshape(-1, *shape[-2:]).transpose(0, 1)  # (H, B, L)
+        # Channel-major and contiguous: bmm on a strided batch falls back to one GEMM per channel
+        # through select + copy (7x slower forward + backward at batch 4, torch profiler).
+        u_h = u.reshape(-1, *shape[-2:]).transpose(0, 1).contiguous()  # (H, B, L)
         ctx.shape = shape
         ctx.save_for_backward(op, u_h if ctx.needs_input_grad[1] else None)
-        return torch.matmul(u_h, op).transpose(0, 1).reshape(shape)
+        return torch.bmm(u_h, op).transpose(0, 1).reshape(shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         op, u_h = ctx.saved_tensors
-        g_h = grad_y.reshape(-1, *ctx.shape[-2:]).transpose(0, 1)
+        g_h = grad_y.reshape(-1, *ctx.shape[-2:]).transpose(0, 1).contiguous()
         grad_u = grad_k = None
         if ctx.needs_input_grad[0]:  # dL/du[s] = sum_t op[s, t] g[t]
-            grad_u = torch.matmul(g_h, op.transpose(1, 2)).transpose(0, 1).reshape(ctx.shape)
+            grad_u = torch.bmm(g_h, op.transpose(1, 2)).transpose(0, 1).reshape(ctx.shape)
         if ctx.needs_input_grad[1]:  # dL/dk[j] = sum_{b, s} u[b, s] g[b, s + j]
-            grad_k = diagonal_sums(torch.matmul(u_h.transpose(1, 2), g_h))
+            grad_k = diagonal_sums(torch.bmm(u_h.transpose(1, 2), g_h))
         return grad_u, grad_k, None
 
 

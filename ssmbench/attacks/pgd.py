@@ -14,8 +14,9 @@ from ssmbench.attacks.base import Attack, predict
 
 
 class PGD(Attack):
-    """Madry PGD through `model_zoo.training.perturb.pgd` (one uniform start, K signed steps of
-    alpha = eps/4 by default, each projected), maximizing cross-entropy unless `loss_fn` says otherwise.
+    """Madry PGD through `model_zoo.training.perturb.pgd` (one random start, K steps of alpha =
+    eps/4 in Linf or 2.5 eps / K in L2 by default, each projected), maximizing cross-entropy unless
+    `loss_fn` says otherwise.
 
     With `restarts` > 1, restart r runs only on the points that no earlier restart fooled, so each
     example keeps its first successful restart. The generator is seeded per call, so the same
@@ -31,12 +32,14 @@ class PGD(Attack):
         seed: int = 0,
         name: str = "pgd",
         loss_fn: perturb.LossFn = F.cross_entropy,
+        norm: str = "linf",
+        box: str | None = None,
     ) -> None:
-        super().__init__(eps)
+        super().__init__(eps, norm, box)
         if steps < 1 or restarts < 1:
             raise UsageError(f"PGD needs steps >= 1 and restarts >= 1, got {steps} and {restarts}")
         self.steps = steps
-        self.alpha = eps / 4 if alpha is None else alpha
+        self.alpha = perturb.get_norm(norm).alpha(eps, steps) if alpha is None else alpha
         self.restarts = restarts
         self.seed = seed
         self.name = name
@@ -44,10 +47,12 @@ class PGD(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        bounds = self.bounds(model)
         x_adv = x.clone()
         todo = torch.arange(len(x), device=x.device)
         for restart in range(self.restarts):
-            found = perturb.pgd(model, x[todo], y[todo], self.eps, self.alpha, self.steps, loss_fn=self.loss_fn, generator=generator)
+            found = perturb.pgd(model, x[todo], y[todo], self.eps, self.alpha, self.steps, loss_fn=self.loss_fn, generator=generator,
+                                norm=self.norm, bounds=bounds)
             x_adv[todo] = found
             if restart + 1 == self.restarts:
                 break  # the caller judges success; one more forward here would cost ~3% of PGD-10
@@ -63,4 +68,4 @@ class FGSM(Attack):
     name = "fgsm"
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return perturb.pgd(model, x, y, self.eps, self.eps, 1, random_start=False)
+        return perturb.pgd(model, x, y, self.eps, self.eps, 1, random_start=False, bounds=self.bounds(model))

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -23,10 +23,13 @@ from rich import box
 from rich.table import Table
 from torch import nn
 
+from model_zoo.bounds import BOXES
 from model_zoo.checkpoints import CheckpointMeta, file_sha256, read_meta
 from model_zoo.devices import resolve_device
 from model_zoo.errors import RunError, UsageError
+from model_zoo.limits import MAX_EPS
 from model_zoo.training import distributed
+from model_zoo.training.perturb import NORMS
 from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES
 from ssmbench.byom import CONTRACT_FLAGS, build_user_model, is_callable_spec, load_weights, measure, parse_model_kwargs, user_row, weights_sha256
@@ -74,7 +77,7 @@ def _checkpoints(target: str) -> list[tuple[str, Path]]:
     return [(target, resolve_target(target))]
 
 
-def _state_path(state_dir: Path | None, sha256: str, key: dict[str, object]) -> Path | None:
+def _state_path(state_dir: Path | None, sha256: str, key: Mapping[str, object]) -> Path | None:
     if state_dir is None:
         return None
     digest = hashlib.sha256(json.dumps({"checkpoint": sha256, **key}, sort_keys=True).encode()).hexdigest()[:16]
@@ -112,7 +115,7 @@ def _per_attack_line(item: _Evaluated) -> str:
 def _render(target: str, items: list[_Evaluated]) -> None:
     attacks = list(dict.fromkeys(name for item in items for name in item.result.per_attack))
     first = items[0].result
-    table = Table(title=f"{target}: {first.suite}, Linf eps = {first.eps:.5g} (accuracy %, robust after each attack)",
+    table = Table(title=f"{target}: {first.suite}, {first.threat_model} eps = {first.eps:.5g} (accuracy %, robust after each attack)",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for column in ("ckpt", "n", "clean", *attacks, "robust", "flags", "s"):  # fits 80 columns with AutoAttack's 4 parts
         table.add_column(column, justify="left" if column in ("ckpt", "flags") else "right", no_wrap=column != "flags")
@@ -153,7 +156,9 @@ def eval_command(
     target: str = typer.Argument(..., help="A .safetensors checkpoint, a zoo name, a run directory (then best and last are evaluated and Diff = best - last is shown), or your own model as module:callable (returns an nn.Module; needs --dataset)."),
     attack: str = typer.Option("pgd10", "--attack", help=f"Attack suite: {' | '.join(SUITES)} (all = pgd10, then AutoAttack on what PGD-10 left standing)."),
     n_examples: int = typer.Option(None, help=f"Evaluate the first N test images. Default, the paper's protocol: {AUTOATTACK_EXAMPLES} (or the whole split if smaller) for autoattack and all, the whole test set for pgd10."),
-    eps: str = typer.Option("8/255", help="Linf radius on [0, 1] images, e.g. 8/255 or 0.03."),
+    eps: str = typer.Option("8/255", help="Radius of the threat model's ball: on [0, 1] images, e.g. 8/255 (Linf) or 0.5 (L2); on sequences, in training standard deviations per channel, e.g. 0.1."),
+    norm: str = typer.Option("linf", help=f"Threat model's norm: {' | '.join(NORMS)} (L2 PGD steps 2.5 eps / 10; AutoAttack's L2 version in both backends)."),
+    box: str = typer.Option(None, help="Input box of a sequence model: none (default: no box, eps-ball only) | observed (also stay in the training split's range). Images always use [0, 1]."),
     backend: str = typer.Option("official", help="AutoAttack implementation: official (the authors' code, pyautoattack) | torchattacks (its reimplementation, run with the same 100-iteration, 9-target budget)."),
     batch_size: int = typer.Option(256, help="Examples per batch; each batch runs the whole suite."),
     version: str = typer.Option("standard", help="AutoAttack version: standard | plus | rand (rand for randomized models)."),
@@ -186,14 +191,17 @@ def eval_command(
     suite = _choose(attack, list(SUITES), "--attack")
     _choose(backend, BACKENDS, "--backend")
     _choose(version, AUTOATTACK_VERSIONS, "--version")
-    radius = parse_fraction(eps, "--eps")
+    _choose(norm, list(NORMS), "--norm")
+    radius = parse_fraction(eps, "--eps", maximum=MAX_EPS if norm == "linf" else None)
     for option, value in (("--n-examples", n_examples), ("--batch-size", batch_size), ("--check-examples", check_examples)):
         if value is not None and value < 1:
             raise UsageError(f"{option} must be >= 1, got {value}")
     check_seed(seed)
+    if box is not None:
+        _choose(box, BOXES, "--box")
     target_device = resolve_device(device)
     settings = EvalSettings(eps=radius, batch_size=batch_size, device=target_device, backend=backend, version=version, seed=seed,
-                            checks=CheckConfig(n_examples=check_examples) if checks else None)
+                            checks=CheckConfig(n_examples=check_examples) if checks else None, norm=norm, box=box)
     options = _Options(suite, settings, state_dir, compile_model)
     run_id = uuid.uuid4().hex[:12]
     if is_callable_spec(target):
@@ -269,7 +277,8 @@ def _eval_user_model(
     common = options.settings
     with distributed.process_group(resolve_device(common.device)):
         key = {"target": spec, "kwargs": kwargs, "suite": options.suite, "version": common.version, "eps": common.eps,
-               "n": n_examples, "backend": common.backend, "seed": common.seed, "batch_size": common.batch_size}
+               "n": n_examples, "backend": common.backend, "seed": common.seed, "batch_size": common.batch_size,
+               **({"norm": common.norm} if common.norm != "linf" else {})}
         settings = dataclasses.replace(common, n_examples=n_examples,
                                        state_path=_state_path(options.state_dir, weights_sha256(model), key))
         measured = _with_progress(f"{spec} {options.suite}", lambda show: measure(
@@ -310,7 +319,8 @@ def _evaluate_checkpoint(
         raise UsageError(f"--n-examples {n} exceeds the {len(images)} test images of {meta.config.dataset}")
     common = options.settings
     key = {"suite": options.suite, "version": common.version, "eps": common.eps, "n": n, "backend": common.backend,
-           "seed": common.seed, "batch_size": common.batch_size}
+           "seed": common.seed, "batch_size": common.batch_size, **({"norm": common.norm} if common.norm != "linf" else {}),
+           **({"box": common.box} if common.box else {})}
     settings = dataclasses.replace(common, n_examples=n, state_path=_state_path(options.state_dir, sha256, key))
     label = f"{meta.kind or name} {options.suite}"
     return _with_progress(label, lambda show: evaluate(model, (images, labels), options.suite, settings, progress=show))

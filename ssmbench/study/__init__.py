@@ -25,6 +25,7 @@
     methods = ["st", "pgd"]
     ads = ["none", "tanh"]       # default ["none"]
     attention = [false]          # default [false]
+    seeds = [0, 1, 2]            # optional: this grid's seeds (default: the study's)
 
     >>> config = load_study("studies/digits.toml")
     >>> report = run_study(config, observer)     # trains and evaluates every cell not yet done

@@ -29,17 +29,22 @@ if TYPE_CHECKING:  # a cell names its run directory; the grid module builds cell
 
 
 # ModelConfig fields that the dataset or the grid decide; [study.model] cannot override them.
-_FIXED_MODEL_FIELDS = {"arch", "dataset", "ads", "attention", "channels", "height", "width", "classes"}
+_FIXED_MODEL_FIELDS = {"arch", "dataset", "ads", "attention", "channels", "height", "width", "classes", "input_kind"}
 
 
 @dataclass(frozen=True)
 class Grid:
-    """One cartesian product of cells: every model x method x AdS x attention."""
+    """One cartesian product of cells: every model x method x AdS x attention x seed.
+
+    seeds: this grid's seeds; empty = the study's. A protocol can then train its headline cells
+    with three seeds and the rest of the grid with one, in one file.
+    """
 
     models: tuple[str, ...]
     methods: tuple[str, ...]
     ads: tuple[str, ...] = ("none",)
     attention: tuple[bool, ...] = (False,)
+    seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         names = (("models", self.models, list_models()), ("methods", self.methods, list_methods()),
@@ -50,6 +55,16 @@ class Grid:
                 raise UsageError(f"grid {option}: unknown or missing {', '.join(unknown)}; choose from {', '.join(known)}")
         if not self.attention or not all(isinstance(v, bool) for v in self.attention):
             raise UsageError(f"grid attention must list true and/or false, got {list(self.attention)}")
+        if self.seeds:
+            check_seeds("grid seeds", self.seeds)
+
+
+def check_seeds(option: str, seeds: tuple[int, ...]) -> None:
+    """Distinct integers in the zoo's seed range, at least one."""
+    if not seeds or len(set(seeds)) != len(seeds) or not all(
+        isinstance(seed, int) and not isinstance(seed, bool) and SEED_RANGE[0] <= seed <= SEED_RANGE[1] for seed in seeds
+    ):
+        raise UsageError(f"{option} must list distinct integers in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], e.g. [0, 1, 2]; got {list(seeds)}")
 
 
 @dataclass(frozen=True)
@@ -94,10 +109,7 @@ class StudyConfig:
         for option, value, choices in (("backend", self.backend, BACKENDS), ("aa_version", self.aa_version, AUTOATTACK_VERSIONS)):
             if value not in choices:
                 raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(
-            isinstance(seed, int) and not isinstance(seed, bool) and SEED_RANGE[0] <= seed <= SEED_RANGE[1] for seed in self.seeds
-        ):
-            raise UsageError(f"seeds must list distinct integers in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], e.g. [0, 1, 2]; got {list(self.seeds)}")
+        check_seeds("seeds", self.seeds)
         for option, count in (("aa_examples", self.aa_examples), ("eval_batch_size", self.eval_batch_size)):
             if count < 1:
                 raise UsageError(f"{option} must be >= 1, got {count}")

@@ -41,12 +41,12 @@ class Skipped:
 
 
 def expand(config: StudyConfig) -> tuple[list[Cell], list[Skipped]]:
-    """The union of the grids' products (each combination once per seed) in first-seen order, and
-    the combinations the zoo refuses."""
+    """The union of the grids' products (each combination once per seed: the grid's seeds, else
+    the study's) in first-seen order, and the combinations the zoo refuses."""
     seen: dict[Cell, None] = {}
     for grid in config.grids:
         for arch, method, ads, attention, seed in itertools.product(
-            grid.models, grid.methods, grid.ads, grid.attention, config.seeds
+            grid.models, grid.methods, grid.ads, grid.attention, grid.seeds or config.seeds
         ):
             seen.setdefault(Cell(arch, method, ads, attention, seed))
     cells, skipped = [], []
