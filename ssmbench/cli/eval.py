@@ -268,7 +268,7 @@ def _eval_user_model(
         model.compile()
     arch = user.name or (spec + json.dumps(kwargs, sort_keys=True) if kwargs else spec)
     with distributed.process_group(torch.device(options.device) if options.device is not None else default_device()):
-        key = {"target": spec, "kwargs": kwargs, "suite": options.suite, "version": options.version, "eps": options.eps,
+        key: dict[str, object] = {"target": spec, "kwargs": kwargs, "suite": options.suite, "version": options.version, "eps": options.eps,
                "n": n_examples, "backend": options.backend, "seed": options.seed, "batch_size": options.batch_size,
                **({"norm": options.norm} if options.norm != "linf" else {})}
         measured = _with_progress(f"{spec} {options.suite}", lambda show: measure(
