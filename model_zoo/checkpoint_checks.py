@@ -35,12 +35,16 @@ def check_claims(config: ModelConfig, raw: dict[str, Any], shapes: Shapes) -> No
 
 def _check_summary(config: ModelConfig, raw: dict[str, Any]) -> None:
     """The top-level arch/dataset/input_shape/classes repeat the config; a known dataset fixes them."""
-    claimed = {"arch": config.arch, "dataset": config.dataset, "input_shape": list(config.input_shape), "classes": config.classes}
+    claimed = {"arch": config.arch, "dataset": config.dataset, "input_kind": config.input_kind,
+               "input_shape": list(config.input_shape), "classes": config.classes}
     for key, value in claimed.items():
         if key in raw and raw[key] != value:
             raise ValueError(f"metadata {key} {raw[key]!r} contradicts its config ({value!r})")
     shape = DATASETS[config.dataset] if config.dataset in DATASETS else None
-    if shape is not None and (shape.channels, shape.height, shape.width, shape.classes) != (*config.input_shape, config.classes):
+    if shape is not None and shape.input_kind != config.input_kind:
+        raise ValueError(f"config input kind {config.input_kind} does not fit dataset {config.dataset} ({shape.input_kind})")
+    if shape is not None and (shape.channels, shape.height, shape.width, shape.classes) != (
+            config.channels, config.height, config.width, config.classes):
         raise ValueError(f"config input {config.channels}x{config.height}x{config.width} with {config.classes} classes does "
                          f"not fit dataset {config.dataset} ({shape.channels}x{shape.height}x{shape.width}, {shape.classes} classes)")
 

@@ -60,6 +60,7 @@ class CheckpointMeta:
             "format_version": FORMAT_VERSION,
             "arch": self.config.arch,
             "dataset": self.config.dataset,
+            "input_kind": self.config.input_kind,
             "input_shape": list(self.config.input_shape),
             "classes": self.config.classes,
             "config": self.config.to_dict(),

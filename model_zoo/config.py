@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, get_origin, get_type_hints
 
-from model_zoo.datasets import DataError, get_dataset
+from model_zoo.datasets import INPUT_KINDS, DataError, get_dataset
 from model_zoo.errors import ZooError
 from model_zoo.limits import MAX_CONFIG_INT
 
@@ -27,13 +27,22 @@ class ModelConfig:
     ads: str = "none"
     attention: bool = False
     mixer_options: dict[str, Any] = field(default_factory=dict)
+    input_kind: str = "image"  # "sequence": the model takes (N, C, L) raw series (height 1, width L)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
+        """One example's shape as the model takes it: (C, H, W) for images, (C, L) for sequences."""
+        if self.input_kind == "sequence":
+            return (self.channels, self.width)
         return (self.channels, self.height, self.width)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as a dict; input_kind only when it is not "image", so that every image
+        config written before sequences existed (zoo.toml, shipped weights) stays the same dict."""
+        values = dataclasses.asdict(self)
+        if self.input_kind == "image":
+            del values["input_kind"]
+        return values
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -69,6 +78,10 @@ def check_values(values: dict[str, Any]) -> None:
             raise ZooError(f"model config {name} must be {kind.__name__}, got {value!r}")
         if kind is int and not 1 <= value <= MAX_CONFIG_INT:
             raise ZooError(f"model config {name} must be in [1, {MAX_CONFIG_INT}], got {value}")
+    if values.get("input_kind", "image") not in INPUT_KINDS:
+        raise ZooError(f"model config input_kind must be one of {', '.join(INPUT_KINDS)}, got {values['input_kind']!r}")
+    if values.get("input_kind") == "sequence" and values.get("height", 1) != 1:
+        raise ZooError(f"a sequence model has height 1 (its length is the width), got height {values['height']}")
     for key, value in values.get("mixer_options", {}).items():
         if isinstance(value, (dict, list)) or (isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= MAX_CONFIG_INT):
             raise ZooError(f"model config mixer_options.{key} must be a plain value (integers in [1, {MAX_CONFIG_INT}]), got {value!r}")
@@ -101,5 +114,6 @@ def preset(arch: str, dataset: str) -> dict[str, Any]:
         info = get_dataset(dataset)
     except DataError as exc:  # building a model: the zoo's error, as for an unknown architecture
         raise ZooError(str(exc)) from None
-    shape = {"channels": info.channels, "height": info.height, "width": info.width, "classes": info.classes}
+    shape = {"channels": info.channels, "height": info.height, "width": info.width, "classes": info.classes,
+             **({"input_kind": info.input_kind} if info.input_kind != "image" else {})}
     return {**shape, **PRESETS[info.preset](arch)}

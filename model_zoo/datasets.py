@@ -17,6 +17,8 @@ from model_zoo.registries import Registry
 DEFAULT_DATASET = "digits"
 # The paper's presets by dataset family (config.py): MNIST-sized and CIFAR-sized models.
 PRESET_FAMILIES = ("small", "large")
+# Images in [0, 1] (N, C, H, W), or raw series (N, C, L) stored as height 1 and width L.
+INPUT_KINDS = ("image", "sequence")
 
 
 class DataError(UsageError):
@@ -31,7 +33,8 @@ class DataError(UsageError):
 class DatasetInfo:
     """One dataset's facts. `augment`: training applies RandomCrop(pad 4) + flip (the paper's CIFAR
     and Tiny-ImageNet runs). `paper_epochs`: how long the paper trained on it (DESIGN.md: 180,
-    MNIST-like data 100); train and study both default to it. `preset`: the model size family."""
+    MNIST-like data 100); train and study both default to it. `preset`: the model size family.
+    `input_kind` "sequence": (C, L) series in raw units (height 1, width L; ssmbench.timeseries)."""
 
     name: str
     channels: int
@@ -44,13 +47,18 @@ class DatasetInfo:
     augment: bool
     preset: str
     description: str
+    input_kind: str = "image"
 
     def __post_init__(self) -> None:
         if self.preset not in PRESET_FAMILIES:
             raise DataError(f"dataset {self.name}: preset must be one of {', '.join(PRESET_FAMILIES)}, got {self.preset!r}")
+        if self.input_kind not in INPUT_KINDS or (self.input_kind == "sequence" and self.height != 1):
+            raise DataError(f"dataset {self.name}: input_kind must be one of {', '.join(INPUT_KINDS)} (sequences have height 1)")
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
+        if self.input_kind == "sequence":
+            return (self.channels, self.width)
         return (self.channels, self.height, self.width)
 
 
@@ -86,5 +94,17 @@ for _info in (
     # The paper's Tiny-ImageNet run used the first 50 classes: 500 train and 50 val images each.
     DatasetInfo("tiny-imagenet", 3, 64, 64, 50, 25000, 2500, 180, True, "large",
                 "Tiny-ImageNet, first 50 classes (sorted ids): 25000 train / 2500 val as test (data_dir/tiny-imagenet)"),
+    # UCR/UEA time series, shipped (ssmbench.timeseries reads them and checks these sizes): the
+    # archives' published sizes. The paper has no sequence data: they take MNIST's epochs and preset.
+    DatasetInfo("gunpoint", 1, 1, 150, 2, 50, 150, 100, False, "small",
+                "UCR GunPoint: hand x-position, gun-draw vs point; 50 train / 150 test, shipped", "sequence"),
+    DatasetInfo("italypowerdemand", 1, 1, 24, 2, 67, 1029, 100, False, "small",
+                "UCR ItalyPowerDemand: a day of Italian power demand, winter vs summer; 67 train / 1029 test, shipped", "sequence"),
+    DatasetInfo("acsf1", 1, 1, 1460, 10, 100, 100, 100, False, "small",
+                "UCR ACSF1: appliance power consumption, 10 appliance types; 100 train / 100 test, shipped", "sequence"),
+    DatasetInfo("basicmotions", 6, 1, 100, 4, 40, 40, 100, False, "small",
+                "UEA BasicMotions: smart-watch accelerometer + gyroscope, 4 activities; 40 train / 40 test, shipped", "sequence"),
+    DatasetInfo("japanesevowels", 12, 1, 29, 9, 270, 370, 100, False, "small",
+                "UEA JapaneseVowels: 12 LPC cepstra, 9 speakers, 7-29 steps resampled to 29; 270 train / 370 test, shipped", "sequence"),
 ):
     add_dataset(_info)

@@ -1,5 +1,6 @@
 """The dataset registry: name -> facts (model_zoo.datasets) and a loader returning images in [0, 1]
-as (N, C, H, W) float32 + int64 labels.
+as (N, C, H, W) float32 + int64 labels, or for the UCR/UEA sequence sets (ssmbench.timeseries) raw
+series (N, C, L) float32 + int64 labels.
 
     >>> from ssmbench.data import load_split
     >>> images, labels = load_split("digits", "train")   # (1437, 1, 8, 8), no download
@@ -26,6 +27,7 @@ from ssmbench.datasets import DataError
 from ssmbench.datasets.cifar import load_cifar10
 from ssmbench.datasets.idx import load_fashion_mnist, load_mnist
 from ssmbench.datasets.tinyimagenet import load_tiny_imagenet
+from ssmbench.timeseries import SERIES, read_series
 
 __all__ = [
     "DATASETS",
@@ -87,7 +89,7 @@ def default_data_dir() -> Path:
 def load_split(
     name: str, split: str, data_dir: str | Path | None = None, download: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images float32 in [0, 1] of shape (N, C, H, W) and labels int64 (N,) of one split."""
+    """Images float32 in [0, 1] of shape (N, C, H, W) (sequence sets: raw (N, C, L)) and labels int64 (N,) of one split."""
     info = get_dataset(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -99,8 +101,8 @@ def load_split(
 
 def _check(info: DatasetInfo, split: str, images: np.ndarray, labels: np.ndarray) -> None:
     """Catch files of another dataset (or a reader bug) before a model sees wrong shapes."""
-    expected = (info.channels, info.height, info.width)
-    if images.ndim != 4 or images.shape[1:] != expected:
+    expected = info.input_shape
+    if images.ndim != len(expected) + 1 or images.shape[1:] != expected:
         raise DataError(f"{info.name} {split}: images of shape {images.shape[1:]}, expected {expected}")
     if labels.shape != (len(images),):
         raise DataError(f"{info.name} {split}: {len(images)} images but labels of shape {labels.shape}")
@@ -146,6 +148,17 @@ def _cifar10(split: str, directory: Path, download: bool) -> Arrays:
 @register_loader("tiny-imagenet")
 def _tiny_imagenet(split: str, directory: Path, download: bool) -> Arrays:
     return load_tiny_imagenet(directory, split, download, get_dataset("tiny-imagenet").classes)
+
+
+def _series_loader(name: str) -> Loader:
+    def load(split: str, directory: Path, download: bool) -> Arrays:
+        return read_series(name, split)  # shipped inside ssmbench: no directory, no download
+
+    return load
+
+
+for _name in SERIES:
+    register_loader(_name)(_series_loader(_name))
 
 
 def augment(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

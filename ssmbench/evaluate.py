@@ -32,10 +32,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model_zoo.bounds import bounds_of
 from model_zoo.checkpoints import atomic_write_bytes, tensors_sha256
 from model_zoo.errors import UsageError
 from model_zoo.training import distributed
-from ssmbench.attacks import THREAT_MODEL, Attack, AttackSettings, FlagAccuracies, SuiteResult, build_suite, eval_mode, suite_backend, suite_label
+from ssmbench.attacks import (
+    THREAT_MODEL,
+    Attack,
+    AttackSettings,
+    FlagAccuracies,
+    SuiteResult,
+    build_suite,
+    eval_mode,
+    suite_backend,
+    suite_label,
+    threat_model_name,
+)
 from ssmbench.checks import CheckConfig, CheckOutcome, run_checks
 from ssmbench.outcomes import labels_sha256
 
@@ -94,11 +106,13 @@ def evaluate(
     checks: CheckConfig | None = CheckConfig(),
     state_path: str | Path | None = None,
     norm: str = "linf",
+    box: str | None = None,
 ) -> EvalResult:
     """Run `suite` at `eps` on the first `n_examples` (default: all) of images/labels.
 
     `device` defaults to CUDA when present; the model is moved there and put in eval mode.
-    `checks=None` skips the sanity checks. With `state_path`, finished batches are saved there
+    `box` picks the threat model's input box where the model allows a choice (sequences: "none",
+    the default, or "observed"); the result's threat_model names it. `checks=None` skips the sanity checks. With `state_path`, finished batches are saved there
     and a rerun with the same arguments skips them; the file is removed when the run completes.
     Under torchrun call it on every rank, with the rank's device (cuda means cuda:LOCAL_RANK once
     the process group set it); every rank returns the whole result. The sanity checks (on their
@@ -106,7 +120,8 @@ def evaluate(
     waits in a collective while they run.
     """
     n = _validate(images, labels, n_examples, batch_size)
-    settings = AttackSettings(eps, backend, version, seed, norm)
+    settings = AttackSettings(eps, backend, version, seed, norm, box)
+    threat_model = threat_model_name(norm, bounds_of(model, box))
     runner = build_suite(suite, settings)
     device = torch.device(device) if device is not None else default_device()
     model = model.to(device)
@@ -154,15 +169,15 @@ def evaluate(
         device=str(device),
         seed=seed,
         wall_seconds=state.seconds + time.perf_counter() - began,
+        threat_model=threat_model,
         labels_sha256=labels_sha256(y),
-        threat_model=settings.threat_model,
         check_examples=0 if checks is None else min(checks.n_examples, n),
     )
 
 
 def _validate(images: torch.Tensor, labels: torch.Tensor, n_examples: int | None, batch_size: int) -> int:
-    if images.ndim != 4 or len(images) != len(labels):
-        raise UsageError(f"expected images (N, C, H, W) and N labels, got {tuple(images.shape)} and {tuple(labels.shape)}")
+    if images.ndim not in (3, 4) or len(images) != len(labels):
+        raise UsageError(f"expected images (N, C, H, W) or series (N, C, L) and N labels, got {tuple(images.shape)} and {tuple(labels.shape)}")
     n = len(images) if n_examples is None else n_examples
     if not 1 <= n <= len(images):
         raise UsageError(f"n_examples must be between 1 and {len(images)} (the split's size), got {n}")
@@ -185,6 +200,7 @@ def _fingerprint(
         "norm": settings.norm,
         "backend": settings.backend,
         "seed": settings.seed,
+        **({"box": settings.box} if settings.box is not None else {}),
         "batch_size": batch_size,
         "n_examples": len(x),
         "model_sha256": tensors_sha256(weights),

@@ -7,7 +7,6 @@ import torch
 
 from model_zoo import build_model, list_models, make_config
 from model_zoo.ads import AdaptiveScaling, build_ads
-from model_zoo.classifier import SequenceClassifier
 from model_zoo.errors import ZooError
 from model_zoo.layers import MIXERS
 
@@ -77,7 +76,7 @@ def test_model_io_contract(arch: str, shape: tuple[int, int, int]) -> None:
 
 def test_sequence_layout_is_row_major_pixels_with_channels_as_features() -> None:
     images = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
-    seq = SequenceClassifier.to_sequence(images)
+    seq = build_model("s4d", "digits", channels=3, height=2, width=2, **SMALL).to_sequence(images)
     assert seq.shape == (2, 4, 3)
     # token (row 1, col 0) of image 1 holds that pixel's three channel values
     assert seq[1, 2].tolist() == [images[1, 0, 1, 0], images[1, 1, 1, 0], images[1, 2, 1, 0]]

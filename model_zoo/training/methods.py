@@ -6,8 +6,10 @@ takes its optimizer step(s) through `ctx.optimizer`, and reports what it trained
 own their optimizer steps because they differ exactly there: FreeAT steps m times per batch, YOPO
 accumulates gradients over m passes and steps once.
 
-Perturbations live in [0, 1] pixel space and are projected onto the Linf eps-ball around x and
-onto [0, 1] after every update, so every `StepOutput.x_adv` is a valid input of the threat model.
+Perturbations are projected onto the Linf eps-ball around x and onto the input box after every
+update, so every `StepOutput.x_adv` is a valid input of the threat model. The ball and box are
+`ctx.bounds` (images: radius eps in [0, 1]; sequences: radius eps times each channel's training
+std, no box by default); every step size below is in the same units (times `bounds.scale`).
 
 Train/eval mode: every method leaves the model in the mode the trainer set (train mode) for the
 attack as well as for the update. FreeAT and YOPO must, because one forward pass serves both the
@@ -41,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_zoo.bounds import UNIT, Bounds, clip_box
 from model_zoo.errors import UsageError
 from model_zoo.frozen import frozen_weights
 from model_zoo.registries import Registry
@@ -107,6 +110,7 @@ class MethodContext(Generic[P]):
     threat: ThreatModel = ThreatModel()
     grad_clip: float | None = None
     generator: torch.Generator | None = None
+    bounds: Bounds = UNIT  # the model's ball scale and box (model_zoo.bounds), orthogonal to the norm
     state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -166,11 +170,12 @@ def _update(model: nn.Module, loss: torch.Tensor, ctx: MethodContext[Any]) -> No
     _apply_gradients(model, ctx)
 
 
-def _gaussian_start(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """x + 0.001 N(0, 1), NOT clamped to [0, 1]: the released TRADES and MART code starts there,
-    so the first gradient is taken slightly outside the box (every step then projects and clamps)."""
+def _gaussian_start(x: torch.Tensor, generator: torch.Generator | None, bounds: Bounds) -> torch.Tensor:
+    """x + 0.001 N(0, 1) (times the bounds' scale), NOT clamped to the box: the released TRADES and
+    MART code starts there, so the first gradient is taken slightly outside the box (every step
+    then projects and clamps)."""
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return x + GAUSSIAN_START_STD * noise
+    return x + GAUSSIAN_START_STD * bounds.scale * noise
 
 
 def _fp32(method: Method) -> Method:
@@ -190,7 +195,7 @@ def _ascend(
     """ctx.threat.steps signed-gradient ascent steps on loss_fn from x_adv, projected after each."""
     for _ in range(ctx.threat.steps):
         grad = input_gradient(model, x_adv, target, loss_fn)
-        x_adv = project(x_adv + ctx.threat.alpha * grad.sign(), x, ctx.threat.eps)
+        x_adv = project(x_adv + ctx.threat.alpha * ctx.bounds.scale * grad.sign(), x, ctx.threat.eps, ctx.bounds)
     return x_adv.detach()
 
 
@@ -212,7 +217,7 @@ def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodCont
 def pgd_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[MethodParams]) -> StepOutput:
     """PGD-AT (Madry et al. 2018): CE on PGD-K examples from one uniform random start."""
     with frozen_weights(model):
-        x_adv = pgd(model, x, y, ctx.threat.eps, ctx.threat.alpha, ctx.threat.steps, generator=ctx.generator)
+        x_adv = pgd(model, x, y, ctx.threat.eps, ctx.threat.alpha, ctx.threat.steps, generator=ctx.generator, bounds=ctx.bounds)
     logits = model(x_adv)
     loss = F.cross_entropy(logits, y)
     _update(model, loss, ctx)
@@ -228,7 +233,7 @@ def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContex
     the released code.
     """
     logits_clean = model(x)
-    start = _gaussian_start(x, ctx.generator)
+    start = _gaussian_start(x, ctx.generator, ctx.bounds)
     with frozen_weights(model):
         x_adv = _ascend(model, x, start, logits_clean.detach(), kl_to_clean, ctx)
     logits_adv = model(x_adv)
@@ -258,7 +263,7 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
 def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[MartParams]) -> StepOutput:
     """MART: PGD-K on CE from x + 0.001 N(0, 1) (the released code's start), then `mart_loss`."""
     with frozen_weights(model):
-        x_adv = _ascend(model, x, _gaussian_start(x, ctx.generator), y, F.cross_entropy, ctx)
+        x_adv = _ascend(model, x, _gaussian_start(x, ctx.generator, ctx.bounds), y, F.cross_entropy, ctx)
     logits_clean = model(x)
     logits_adv = model(x_adv)
     loss = mart_loss(logits_clean, logits_adv, y, ctx.params.beta)
@@ -269,10 +274,10 @@ def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[
 @register_method("fgsm-rs", "FGSM-RS")
 def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[MethodParams]) -> StepOutput:
     """Fast AT (Wong et al. 2020): uniform start, one FGSM step of 1.25 eps, projected."""
-    x_start = uniform_start(x, ctx.threat.eps, ctx.generator)
+    x_start = uniform_start(x, ctx.threat.eps, ctx.generator, ctx.bounds)
     with frozen_weights(model):
         grad = input_gradient(model, x_start, y, F.cross_entropy)
-    x_adv = project(x_start + FGSM_RS_STEP * ctx.threat.eps * grad.sign(), x, ctx.threat.eps).detach()
+    x_adv = project(x_start + FGSM_RS_STEP * ctx.threat.eps * ctx.bounds.scale * grad.sign(), x, ctx.threat.eps, ctx.bounds).detach()
     logits = model(x_adv)
     loss = F.cross_entropy(logits, y)
     _update(model, loss, ctx)
@@ -304,15 +309,16 @@ def free_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodConte
     zero on pixels pushed out of [0, 1], whose delta therefore stays where it is.
     """
     delta = _freeat_delta(x, ctx)
+    radius = ctx.threat.eps * ctx.bounds.scale
     losses = []
     for _ in range(ctx.params.m):
         delta.requires_grad_(True)
-        x_adv = (x + delta).clamp(0.0, 1.0)
+        x_adv = clip_box(x + delta, x, ctx.bounds)
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        delta = (delta.detach() + ctx.threat.eps * delta.grad.sign()).clamp(-ctx.threat.eps, ctx.threat.eps)
+        delta = (delta.detach() + radius * delta.grad.sign()).clamp(-radius, radius)
         _apply_gradients(model, ctx)
         losses.append(loss.detach())
     ctx.state["freeat_delta"][: x.shape[0]] = delta
@@ -362,7 +368,7 @@ def yopo(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[
     """
     if not (hasattr(model, "encoder") and hasattr(model, "encoder_norm")):
         raise UsageError("yopo needs a SequenceClassifier (it attacks through model.encoder/encoder_norm)")
-    x_adv = uniform_start(x, ctx.threat.eps, ctx.generator)
+    x_adv = uniform_start(x, ctx.threat.eps, ctx.generator, ctx.bounds)
     ctx.optimizer.zero_grad(set_to_none=True)
     losses = []
     for outer in range(ctx.params.m):
@@ -378,6 +384,6 @@ def yopo(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[
             x_adv = x_adv.detach().requires_grad_(True)
             hamiltonian = (p * yopo_first_layer(model, x_adv)).sum()
             (grad,) = torch.autograd.grad(hamiltonian, x_adv)
-            x_adv = project(x_adv.detach() + ctx.threat.alpha * grad.sign(), x, ctx.threat.eps)
+            x_adv = project(x_adv.detach() + ctx.threat.alpha * ctx.bounds.scale * grad.sign(), x, ctx.threat.eps, ctx.bounds)
     _apply_gradients(model, ctx)
     return StepOutput(torch.stack(losses).mean(), x_adv.detach(), logits.detach())

@@ -6,6 +6,12 @@ eps-ball around x and onto [0, 1]. Gradients are taken in fp32. Linf: a uniform 
 steps. L2 (as torchattacks.PGDL2): a start uniform in radius along a Gaussian direction, steps
 along the L2-normalized gradient, projection by rescaling delta to norm <= eps; clipping to
 [0, 1] afterwards only shortens delta, so the point stays in the ball.
+
+Where a perturbation may go is a `model_zoo.bounds.Bounds` (default `UNIT`: images in [0, 1]).
+For a sequence model the ball is measured in its `scale` (each channel's training std): Linf
+|delta_c| <= eps * scale_c, L2 ||delta / scale|| <= eps; steps are taken in those units (the
+gradient with respect to x / scale), and the box is none or the observed range. With `UNIT` every
+number is the same as without bounds (scale 1.0, clamp to [0, 1]).
 """
 
 from __future__ import annotations
@@ -17,18 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_zoo.bounds import UNIT, Bounds, clip_box
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project onto the Linf eps-ball around x intersected with [0, 1]."""
-    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds: Bounds = UNIT) -> torch.Tensor:
+    """Project onto the Linf ball of radius eps * scale around x intersected with the box."""
+    radius = eps * bounds.scale
+    return clip_box(torch.min(torch.max(x_adv, x - radius), x + radius), x, bounds)
 
 
-def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x + U(-eps, eps), clipped to [0, 1]."""
+def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None = None, bounds: Bounds = UNIT) -> torch.Tensor:
+    """x + U(-eps, eps) * scale, clipped to the box."""
     noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
-    return (x + eps * noise).clamp(0.0, 1.0)
+    return clip_box(x + eps * bounds.scale * noise, x, bounds)
 
 
 _TINY = 1e-12  # keeps a zero gradient or delta from dividing by zero
@@ -39,18 +48,18 @@ def _l2_norms(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
-def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project onto the L2 eps-ball around x (rescaling delta), then clip to [0, 1]."""
-    delta = x_adv - x
+def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds: Bounds = UNIT) -> torch.Tensor:
+    """Project onto the L2 eps-ball around x in scale units (rescaling delta), then onto the box."""
+    delta = (x_adv - x) / bounds.scale
     factor = torch.clamp(eps / (_l2_norms(delta) + _TINY), max=1.0)
-    return (x + delta * factor).clamp(0.0, 1.0)
+    return clip_box(x + delta * factor * bounds.scale, x, bounds)
 
 
-def l2_start(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x + a Gaussian direction scaled to a radius U(0, eps), clipped to [0, 1] (torchattacks.PGDL2's start)."""
+def l2_start(x: torch.Tensor, eps: float, generator: torch.Generator | None = None, bounds: Bounds = UNIT) -> torch.Tensor:
+    """x + a Gaussian direction scaled to a radius U(0, eps) (in scale units), clipped to the box (torchattacks.PGDL2's start)."""
     direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     radius = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=generator, device=x.device, dtype=x.dtype)
-    return (x + direction / (_l2_norms(direction) + _TINY) * radius * eps).clamp(0.0, 1.0)
+    return clip_box(x + direction / (_l2_norms(direction) + _TINY) * radius * eps * bounds.scale, x, bounds)
 
 
 def l2_direction(grad: torch.Tensor) -> torch.Tensor:
@@ -62,9 +71,9 @@ class Norm:
     """What PGD needs of a threat model's norm: its start, step direction, projection, step size."""
 
     name: str  # as results record it: "Linf", "L2"
-    start: Callable[[torch.Tensor, float, torch.Generator | None], torch.Tensor]
+    start: Callable[[torch.Tensor, float, torch.Generator | None, Bounds], torch.Tensor]
     direction: Callable[[torch.Tensor], torch.Tensor]
-    project: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    project: Callable[[torch.Tensor, torch.Tensor, float, Bounds], torch.Tensor]
     step_per_eps: Callable[[int], float]  # alpha / eps for K steps
 
     def alpha(self, eps: float, steps: int) -> float:
@@ -108,16 +117,20 @@ def pgd(
     loss_fn: LossFn = F.cross_entropy,
     generator: torch.Generator | None = None,
     norm: str = "linf",
+    bounds: Bounds = UNIT,
 ) -> torch.Tensor:
     """Madry PGD maximizing loss_fn(model(x_adv), y) in the `norm` ball; returns x_adv (detached).
 
     `y` is whatever loss_fn takes as its target (labels for CE, clean logits for TRADES' KL).
+    eps and alpha are in units of `bounds.scale` (per-channel standard deviations for sequences).
     The model's train/eval mode is left as the caller set it.
     """
     ball = get_norm(norm)
     x = x.detach()
-    x_adv = ball.start(x, eps, generator) if random_start else x.clone()
+    bounds = bounds.to(x)
+    x_adv = ball.start(x, eps, generator, bounds) if random_start else x.clone()
     for _ in range(steps):
         grad = input_gradient(model, x_adv, y, loss_fn)
-        x_adv = ball.project(x_adv.detach() + alpha * ball.direction(grad), x, eps)
+        # The steepest step in scale units: the direction of d loss / d (x / scale), times scale.
+        x_adv = ball.project(x_adv.detach() + alpha * bounds.scale * ball.direction(grad * bounds.scale), x, eps, bounds)
     return x_adv.detach()

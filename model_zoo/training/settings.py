@@ -41,10 +41,12 @@ def _check_finite(values: dict[str, float | None]) -> None:
 @dataclass(frozen=True)
 class ThreatModel:
     """The perturbations training defends against and the per-epoch PGD-10 evaluates: an eps-ball
-    of `norm` around each image (and the [0, 1] box), attacked with `steps` steps of size `alpha`."""
+    of `norm` around each input (and the model's box: [0, 1] for images; for sequences eps is in
+    training standard deviations and the box is model_zoo.bounds), attacked with `steps` steps of size `alpha`."""
 
     norm: str = field(default="linf", metadata={"help": f"Threat model norm: {', '.join(NORMS)}."})
-    eps: float = field(default=8 / 255, metadata={"help": "Radius of the threat model for training and the PGD-10 eval, e.g. 8/255."})
+    eps: float = field(default=8 / 255, metadata={
+        "help": "Radius of the threat model for training and the PGD-10 eval, e.g. 8/255 (sequences: in training stds per channel, e.g. 0.1)."})
     alpha: float = field(default=2 / 255, metadata={"help": "Attack step size, e.g. 2/255."})
     steps: int = field(default=10, metadata={"help": "Attack steps during training (pgd, trades, mart)."})
 

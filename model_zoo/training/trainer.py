@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_zoo import checkpoints, labels
+from model_zoo.bounds import bounds_of
 from model_zoo.classifier import SequenceClassifier
 from model_zoo.errors import RunError, UsageError
 from model_zoo.training import distributed, state
@@ -219,7 +220,8 @@ def train(
 ) -> TrainResult:
     """Train `model` (on its current device) with `config.method`; write the run into out_dir.
 
-    train_data/test_data: images in [0, 1] (N, C, H, W) and int64 labels, on any device.
+    train_data/test_data: images in [0, 1] (N, C, H, W), or raw series (N, C, L) for a sequence
+    model (which first fits its input normalization on the training part), and int64 labels.
     With config.val_examples > 0 part of train_data is held out to select the best checkpoint.
     augment(images, generator=g): applied to every training batch with the run's own generator.
     resume=True continues the run in out_dir; without it an existing run there is refused.
@@ -248,11 +250,13 @@ def train(
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UsageError(f"{out_dir / STATE}: a damaged or edited training state ({reason}); restart the run without --resume") from None
     else:  # epoch 0's state, before any other file: a kill from here on leaves a resumable run
+        if model.is_sequence:  # the z-normalization and the eps scale: the examples trained on, never test or val
+            model.fit_input(x_train)
         distributed.on_main(state.save_state, out_dir / STATE, model, run, run.method_state, config)
     if compile_model:
         model.compile()
     ctx = MethodContext(optimizer=run.optimizer, params=config.method_params, threat=config.threat,
-                        grad_clip=config.optim.grad_clip, state=run.method_state)
+                        grad_clip=config.optim.grad_clip, state=run.method_state, bounds=bounds_of(model))
     setup = _Setup(
         model=model, trained=DataParallel(model, device) if workers.is_distributed else model, config=config, ctx=ctx,
         augment=augment, observer=observer or TrainObserver(), out_dir=out_dir, autocast=autocast, workers=workers,
@@ -402,7 +406,7 @@ def evaluate_pgd10(
                 continue  # fewer examples left than ranks; there is no collective in this loop
             xb, yb = x[begin + start : begin + stop].to(device), y[begin + start : begin + stop].to(device)
             noise = distributed.shard_generator((seed, "eval", batch), device, start * xb[0].numel(), workers)
-            x_adv = pgd(model, xb, yb, eps, alpha, EVAL_STEPS, generator=noise)
+            x_adv = pgd(model, xb, yb, eps, alpha, EVAL_STEPS, generator=noise, bounds=bounds_of(model))
             with torch.no_grad():
                 for offset, inputs in ((0, xb), (2, x_adv)):
                     logits = model(inputs)
@@ -418,6 +422,8 @@ def _checkpoint_meta(setup: _Setup, record: EpochRecord, kind: str, eval_example
     config = setup.config
     training = {
         **config.to_dict(),
+        # Absent means the unit box: image runs keep the metadata they had before sequences existed.
+        **({"box": setup.ctx.bounds.box} if setup.ctx.bounds.box != "unit" else {}),
         "augment": setup.augment is not None,
         "eval_attack": f"PGD-{EVAL_STEPS}",
         "autocast": "bf16" if setup.autocast == torch.bfloat16 else "fp32",

@@ -12,6 +12,7 @@ official code or torchattacks) and `suites` (worst-case composition and the suit
 from ssmbench.attacks.base import (
     AUTOATTACK_VERSIONS,
     BACKENDS,
+    BOX_SUFFIXES,
     THREAT_MODEL,
     Attack,
     AttackHook,
@@ -19,6 +20,7 @@ from ssmbench.attacks.base import (
     AttackSettings,
     eval_mode,
     predict,
+    threat_model_name,
 )
 from ssmbench.attacks.pgd import FGSM, PGD
 from ssmbench.attacks.suites import (
@@ -42,6 +44,7 @@ __all__ = [
     "PGD",
     "SUITES",
     "THREAT_MODEL",
+    "BOX_SUFFIXES",
     "Attack",
     "AttackHook",
     "AttackResult",
@@ -58,4 +61,5 @@ __all__ = [
     "register_suite",
     "suite_backend",
     "suite_label",
+    "threat_model_name",
 ]

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ssmbench.attacks.base import Attack, AttackSettings
+from ssmbench.attacks.unit_view import UnitView
 
 # The attacks of each AutoAttack version, in the order both implementations run them.
 AUTOATTACK_PARTS: dict[str, tuple[str, ...]] = {
@@ -95,7 +96,7 @@ class AutoAttackPart(Attack):
     """One attack of AutoAttack (e.g. 'apgd-t') from one backend."""
 
     def __init__(self, part: str, settings: AttackSettings, n_queries: int | None = None) -> None:
-        super().__init__(settings.eps, settings.norm)
+        super().__init__(settings.eps, settings.norm, settings.box)
         if part not in AUTOATTACK_PARTS[settings.version]:
             raise ValueError(f"{part!r} is not part of AutoAttack {settings.version!r}")
         self.name = part
@@ -115,28 +116,42 @@ class AutoAttackPart(Attack):
         return x_adv
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.settings.backend == "official":
-            return self._run_official(model, x, y)
-        return self._run_torchattacks(model, x, y)
+        """Images as they are; a sequence through its [0, 1] view (ssmbench.attacks.unit_view)."""
+        bounds = self.bounds(model)
+        if bounds.box == "unit":
+            return self._backend(model, x, y, self.settings.eps)
+        view = UnitView.of(x, bounds, self.settings.eps)
+        return view.from_unit(self._backend(view.model(model), view.to_unit(x), y, view.eps))
 
-    def _run_official(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _backend(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+        if self.settings.backend == "official":
+            return self._run_official(model, x, y, eps)
+        return self._run_torchattacks(model, x, y, eps)
+
+    def _run_official(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         from pyautoattack import AutoAttack
 
         s = self.settings
-        runner = AutoAttack(model, norm=s.threat_model, eps=s.eps, seed=s.seed, version=s.version, device=x.device)
+        runner = AutoAttack(model, norm=s.threat_model, eps=eps, seed=s.seed, version=s.version, device=x.device)
         runner.attacks_to_run = [self.name]
+        # The version's 9 target classes need 10 classes; fewer (GunPoint has 2) would index past
+        # the logits. Target every other class instead, as torchattacks' parts do below.
+        with torch.no_grad():
+            others = model(x[:1]).shape[-1] - 1
+        runner.apgd_targeted.n_target_classes = min(runner.apgd_targeted.n_target_classes, others)
+        runner.fab.n_target_classes = min(runner.fab.n_target_classes, others)
         if self.n_queries is not None:
             runner.square.n_queries = self.n_queries
         x_adv, _ = runner.run_standard_evaluation(x, y, batch_size=len(x))
         return x_adv
 
-    def _run_torchattacks(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _run_torchattacks(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         import torchattacks
 
         s = self.settings
         with torch.no_grad():
             n_classes = model(x[:1]).shape[-1]
-        runner = torchattacks.AutoAttack(model, norm=s.threat_model, eps=s.eps, version=s.version, n_classes=n_classes, seed=s.seed)
+        runner = torchattacks.AutoAttack(model, norm=s.threat_model, eps=eps, version=s.version, n_classes=n_classes, seed=s.seed)
         # torchattacks 3.5.1 keeps the version's attacks, in AUTOATTACK_PARTS order, in a MultiAttack.
         attack = runner._autoattack.attacks[AUTOATTACK_PARTS[s.version].index(self.name)]
         if hasattr(attack, "steps"):

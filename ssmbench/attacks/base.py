@@ -3,7 +3,8 @@
 An attack is a small object (torchattacks-style) called as `attack(model, x, y)`. The base class
 owns the parts that every attack must get right and that are easy to get wrong one by one: the
 model is put in eval mode (and restored afterwards), gradients are taken in fp32 with autocast off,
-every returned point is projected onto the eps-ball around x and onto [0, 1], and success is
+every returned point is projected onto the eps-ball around x and onto the model's input box
+([0, 1] for images; none, or the observed range, for sequences: model_zoo.bounds), and success is
 decided the same way for every attack (the prediction on x_adv differs from y). So an attack cannot
 leave the threat model, and per-example success flags are comparable across attacks and backends.
 """
@@ -18,10 +19,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from model_zoo.bounds import BOXES, Bounds, bounds_of
 from model_zoo.errors import UsageError
 from model_zoo.training import perturb
 
 THREAT_MODEL = "Linf"
+# What results call a threat model: the norm, then how eps is measured and the box. Images keep
+# the plain norm name ("Linf", eps in pixels, [0, 1]) that every existing row has; sequence rows
+# say that eps is in training standard deviations, so sequence and image rows are never compared.
+BOX_SUFFIXES = {"unit": "", "none": "-std", "observed": "-std-observed"}
+
+
+def threat_model_name(norm: str, bounds: Bounds) -> str:
+    """'Linf' for images; 'Linf-std' / 'Linf-std-observed' (or L2-...) for sequences."""
+    return perturb.NORMS[norm].name + BOX_SUFFIXES[bounds.box]
 BACKENDS = ("official", "torchattacks")
 AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
 
@@ -42,12 +53,15 @@ class AttackSettings:
     version: str = "standard"
     seed: int = 0
     norm: str = "linf"  # a key of model_zoo.training.perturb.NORMS
+    box: str | None = None  # None: the model's own (images: unit; sequences: none); see model_zoo.bounds
 
     def __post_init__(self) -> None:
         if self.norm not in perturb.NORMS:
             raise UsageError(f"unknown norm {self.norm!r}; choose one of {', '.join(perturb.NORMS)}")
         if not 0.0 <= self.eps <= (1.0 if self.norm == "linf" else float("inf")) or self.eps != self.eps:
-            raise UsageError(f"eps must be in [0, 1] (Linf, images in [0, 1]) or >= 0 (L2), got {self.eps}")
+            raise UsageError(f"eps must be in [0, 1] (Linf: pixels for images, training stds for sequences) or >= 0 (L2), got {self.eps}")
+        if self.box is not None and self.box not in BOXES:
+            raise UsageError(f"unknown box {self.box!r}; choose one of {', '.join(BOXES)}")
         if self.backend not in BACKENDS:
             raise UsageError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.version not in AUTOATTACK_VERSIONS:
@@ -95,9 +109,14 @@ class Attack(ABC):
     name: str = "attack"
     black_box: bool = False  # uses only the model's outputs (the check 'black box beats white box' needs this)
 
-    def __init__(self, eps: float, norm: str = "linf") -> None:
+    def __init__(self, eps: float, norm: str = "linf", box: str | None = None) -> None:
         self.eps = eps
         self.norm = norm
+        self.box = box
+
+    def bounds(self, model: nn.Module) -> Bounds:
+        """The threat model's ball scale and box for this model (model_zoo.bounds)."""
+        return bounds_of(model, self.box)
 
     @abstractmethod
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -111,6 +130,7 @@ class Attack(ABC):
         x = x.detach().float()
         y = y.detach()
         with eval_mode(model), torch.autocast(device_type=x.device.type, enabled=False):
-            x_adv = perturb.get_norm(self.norm).project(self.perturb(model, x, y).detach().float(), x, self.eps)
+            bounds = self.bounds(model).to(x)
+            x_adv = perturb.get_norm(self.norm).project(self.perturb(model, x, y).detach().float(), x, self.eps, bounds)
             success = predict(model, x_adv) != y
         return AttackResult(x_adv, success, self.warnings())

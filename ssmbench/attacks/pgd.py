@@ -33,8 +33,9 @@ class PGD(Attack):
         name: str = "pgd",
         loss_fn: perturb.LossFn = F.cross_entropy,
         norm: str = "linf",
+        box: str | None = None,
     ) -> None:
-        super().__init__(eps, norm)
+        super().__init__(eps, norm, box)
         if steps < 1 or restarts < 1:
             raise UsageError(f"PGD needs steps >= 1 and restarts >= 1, got {steps} and {restarts}")
         self.steps = steps
@@ -46,11 +47,12 @@ class PGD(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        bounds = self.bounds(model)
         x_adv = x.clone()
         todo = torch.arange(len(x), device=x.device)
         for restart in range(self.restarts):
             found = perturb.pgd(model, x[todo], y[todo], self.eps, self.alpha, self.steps, loss_fn=self.loss_fn, generator=generator,
-                                norm=self.norm)
+                                norm=self.norm, bounds=bounds)
             x_adv[todo] = found
             if restart + 1 == self.restarts:
                 break  # the caller judges success; one more forward here would cost ~3% of PGD-10
@@ -66,4 +68,4 @@ class FGSM(Attack):
     name = "fgsm"
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return perturb.pgd(model, x, y, self.eps, self.eps, 1, random_start=False)
+        return perturb.pgd(model, x, y, self.eps, self.eps, 1, random_start=False, bounds=self.bounds(model))

@@ -70,7 +70,10 @@ class Suite(Attack):
         names = [attack.name for attack in attacks]
         if not attacks or len(set(names)) != len(names):
             raise UsageError(f"suite {name!r} needs attacks with unique names, got {names}")
-        super().__init__(max(attack.eps for attack in attacks))
+        boxes = {attack.box for attack in attacks}
+        if len(boxes) != 1:
+            raise UsageError(f"suite {name!r} needs attacks with one box, got {sorted(map(str, boxes))}")
+        super().__init__(max(attack.eps for attack in attacks), box=boxes.pop())
         self.name = name
         self.attacks = attacks
 
@@ -121,7 +124,7 @@ def register_suite(name: str, description: str, uses_autoattack: bool) -> Callab
 
 @register_suite("pgd10", "PGD, 10 steps (Linf: eps/4 from one uniform random start, the paper's PGD-10; L2: 2.5 eps / 10)", False)
 def _pgd10(settings: AttackSettings) -> tuple[Attack, ...]:
-    return (PGD(settings.eps, steps=10, seed=settings.seed, name="pgd10", norm=settings.norm),)
+    return (PGD(settings.eps, steps=10, seed=settings.seed, name="pgd10", norm=settings.norm, box=settings.box),)
 
 
 @register_suite("autoattack", "AutoAttack (APGD-CE, APGD-T, FAB-T, Square for 'standard')", True)

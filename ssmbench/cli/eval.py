@@ -23,6 +23,7 @@ from rich import box
 from rich.table import Table
 from torch import nn
 
+from model_zoo.bounds import BOXES
 from model_zoo.checkpoints import CheckpointMeta, file_sha256, read_meta
 from model_zoo.errors import RunError, UsageError
 from model_zoo.limits import MAX_EPS
@@ -153,8 +154,9 @@ def eval_command(
     target: str = typer.Argument(..., help="A .safetensors checkpoint, a zoo name, a run directory (then best and last are evaluated and Diff = best - last is shown), or your own model as module:callable (returns an nn.Module; needs --dataset)."),
     attack: str = typer.Option("pgd10", "--attack", help=f"Attack suite: {' | '.join(SUITES)} (all = pgd10, then AutoAttack on what PGD-10 left standing)."),
     n_examples: int = typer.Option(None, help=f"Evaluate the first N test images. Default, the paper's protocol: {AUTOATTACK_EXAMPLES} (or the whole split if smaller) for autoattack and all, the whole test set for pgd10."),
-    eps: str = typer.Option("8/255", help="Radius of the threat model's ball on [0, 1] images, e.g. 8/255 (Linf) or 0.5 (L2)."),
+    eps: str = typer.Option("8/255", help="Radius of the threat model's ball: on [0, 1] images, e.g. 8/255 (Linf) or 0.5 (L2); on sequences, in training standard deviations per channel, e.g. 0.1."),
     norm: str = typer.Option("linf", help=f"Threat model's norm: {' | '.join(NORMS)} (L2 PGD steps 2.5 eps / 10; AutoAttack's L2 version in both backends)."),
+    box: str = typer.Option(None, help="Input box of a sequence model: none (default: no box, eps-ball only) | observed (also stay in the training split's range). Images always use [0, 1]."),
     backend: str = typer.Option("official", help="AutoAttack implementation: official (the authors' code, pyautoattack) | torchattacks (its reimplementation, run with the same 100-iteration, 9-target budget)."),
     batch_size: int = typer.Option(256, help="Examples per batch; each batch runs the whole suite."),
     version: str = typer.Option("standard", help="AutoAttack version: standard | plus | rand (rand for randomized models)."),
@@ -194,8 +196,10 @@ def eval_command(
             raise UsageError(f"{option} must be >= 1, got {value}")
     check_seed(seed)
     device = None if device is None else str(parse_device(device))
+    if box is not None:
+        _choose(box, BOXES, "--box")
     options = _Options(suite, radius, batch_size, device, backend, seed, version, CheckConfig(n_examples=check_examples) if checks else None, state_dir,
-                       compile_model, norm)
+                       compile_model, norm, box)
     run_id = uuid.uuid4().hex[:12]
     if is_callable_spec(target):
         _eval_user_model(target, run_id, options, n_examples, data_dir, _UserModel(dataset, model_kwargs, weights, name),
@@ -301,6 +305,7 @@ class _Options:
     state_dir: Path | None
     compile: bool = False
     norm: str = "linf"
+    box: str | None = None
 
 
 def _evaluate_checkpoint(
@@ -318,12 +323,13 @@ def _evaluate_checkpoint(
     if n > len(images):
         raise UsageError(f"--n-examples {n} exceeds the {len(images)} test images of {meta.config.dataset}")
     key = {"suite": options.suite, "version": options.version, "eps": options.eps, "n": n, "backend": options.backend,
-           "seed": options.seed, "batch_size": options.batch_size, **({"norm": options.norm} if options.norm != "linf" else {})}
+           "seed": options.seed, "batch_size": options.batch_size, **({"norm": options.norm} if options.norm != "linf" else {}),
+           **({"box": options.box} if options.box else {})}
     label = f"{meta.kind or name} {options.suite}"
     return _with_progress(label, lambda show: evaluate(
         model, images, labels, options.suite, options.eps, n, options.batch_size, options.device, options.backend,
         options.seed, show, version=options.version, checks=options.checks,
-        state_path=_state_path(options.state_dir, sha256, key), norm=options.norm,
+        state_path=_state_path(options.state_dir, sha256, key), norm=options.norm, box=options.box,
     ))
 
 

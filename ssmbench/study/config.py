@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # a cell names its run directory; the grid module builds cell
 
 
 # ModelConfig fields that the dataset or the grid decide; [study.model] cannot override them.
-_FIXED_MODEL_FIELDS = {"arch", "dataset", "ads", "attention", "channels", "height", "width", "classes"}
+_FIXED_MODEL_FIELDS = {"arch", "dataset", "ads", "attention", "channels", "height", "width", "classes", "input_kind"}
 
 
 @dataclass(frozen=True)
