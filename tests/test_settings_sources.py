@@ -39,7 +39,7 @@ def test_train_cli_defaults_are_the_dataclass_defaults() -> None:
     settings = {RENAMED.get(name, name): param.default for name, param in params.items() if RENAMED.get(name, name) in flat_keys()}
     assert set(settings) == flat_keys() - {"optimizer", "schedule"}  # one optimizer and one schedule: no options yet
     for name in FRACTIONS:
-        settings[name] = float(Fraction(settings[name]))
+        settings[name] = None if settings[name] is None else float(Fraction(settings[name]))
     for method in METHODS:
         defaults = TrainConfig(method=method).to_dict()
         built = TrainConfig.from_settings(**{**settings, "method": method}).to_dict()

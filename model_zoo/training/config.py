@@ -63,6 +63,9 @@ class TrainConfig:
             object.__setattr__(self, "params", spec.params())
         elif type(self.params) is not spec.params:
             raise UsageError(f"method {self.method} takes {spec.params.__name__}, not {type(self.params).__name__}")
+        if self.threat.norm not in spec.norms:
+            capable = [name for name in list_methods() if self.threat.norm in METHODS.get(name).norms]
+            raise UsageError(f"{self.method} trains against {', '.join(spec.norms)} only; for {self.threat.norm} use {', '.join(capable)}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("epochs", "batch_size", "eval_examples", "train_examples"):
@@ -117,13 +120,13 @@ class TrainConfig:
         """The config from its flat form (a checkpoint's `training`, a resume state's config, or
         keyword settings); missing keys take their defaults, other methods' parameters are ignored.
         """
-        known = flat_keys()
+        known = flat_keys() | {"norm"}  # norm as a keyword setting; the flat form records it as threat_model
         unknown = sorted(set(flat) - known - set(DERIVED_KEYS))
         if unknown:
             raise UsageError(f"unknown training setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
         method = flat.get("method", cls.method)
         spec = METHODS.get(method)
-        norm = {label: name for name, label in NORMS.items()}.get(flat.get("threat_model", ""), ThreatModel.norm)
+        norm = flat.get("norm") or {label: name for name, label in NORMS.items()}.get(flat.get("threat_model", ""), ThreatModel.norm)
         threat = ThreatModel(norm=norm, **_pick(ThreatModel, flat))
         optim = Optimization(**_pick(Optimization, flat))
         prefix = f"{_prefix(method)}_"

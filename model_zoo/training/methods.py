@@ -6,8 +6,13 @@ takes its optimizer step(s) through `ctx.optimizer`, and reports what it trained
 own their optimizer steps because they differ exactly there: FreeAT steps m times per batch, YOPO
 accumulates gradients over m passes and steps once.
 
-Perturbations are projected onto the Linf eps-ball around x and onto the input box after every
-update, so every `StepOutput.x_adv` is a valid input of the threat model. The ball and box are
+Perturbations are projected onto the threat model's eps-ball around x (Linf, or L2 for the methods
+registered with it: PGD-AT, TRADES, MART) and onto the input box after every update, so every
+`StepOutput.x_adv` is a valid input of the threat model. In L2 the steps follow the normalized
+gradient and the projection rescales delta (model_zoo/training/perturb.py, as torchattacks.PGDL2);
+TRADES' released L2 code takes steps of 2 eps / K with an SGD optimizer on delta and clamps before
+it renormalizes, where ours uses the threat model's step (2.5 eps / K by default) and the shared
+projection; both stay in the ball and the box. The ball and box are
 `ctx.bounds` (images: radius eps in [0, 1]; sequences: radius eps times each channel's training
 std, no box by default); every step size below is in the same units (times `bounds.scale`).
 
@@ -47,7 +52,7 @@ from model_zoo.bounds import UNIT, Bounds, clip_box
 from model_zoo.errors import UsageError
 from model_zoo.frozen import frozen_weights
 from model_zoo.registries import Registry
-from model_zoo.training.perturb import LossFn, input_gradient, pgd, project, uniform_start
+from model_zoo.training.perturb import LossFn, get_norm, input_gradient, pgd, project, uniform_start
 from model_zoo.training.settings import MethodParams, ThreatModel
 
 # FGSM-RS step (Wong et al. 2020): 1.25 eps from a uniform start, the value their paper found
@@ -133,20 +138,24 @@ class Method(Protocol):
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered AT method: its function, its parameter dataclass, the name tables print."""
+    """A registered AT method: its function, its parameter dataclass, the name tables print, and
+    the norms its inner maximization is defined for."""
 
     name: str
     fn: Method
     params: type[MethodParams]
     display: str
+    norms: tuple[str, ...] = ("linf",)
 
 
 METHODS: Registry[MethodSpec] = Registry("training method")
 
 
-def register_method(name: str, display: str, params: type[MethodParams] = MethodParams) -> Callable[[Method], Method]:
-    """Function decorator: make an AT method usable by name, with its parameters and display name."""
-    return METHODS.register(name, lambda fn: MethodSpec(name, fn, params, display))
+def register_method(
+    name: str, display: str, params: type[MethodParams] = MethodParams, norms: tuple[str, ...] = ("linf",)
+) -> Callable[[Method], Method]:
+    """Function decorator: make an AT method usable by name, with its parameters, display name and norms."""
+    return METHODS.register(name, lambda fn: MethodSpec(name, fn, params, display, norms))
 
 
 def get_method(name: str) -> Method:
@@ -192,10 +201,13 @@ def _fp32(method: Method) -> Method:
 def _ascend(
     model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, target: torch.Tensor, loss_fn: LossFn, ctx: MethodContext[Any]
 ) -> torch.Tensor:
-    """ctx.threat.steps signed-gradient ascent steps on loss_fn from x_adv, projected after each."""
+    """ctx.threat.steps steepest-ascent steps on loss_fn from x_adv in the threat model's norm (signed
+    gradient for Linf, normalized for L2), projected onto its ball and the box after each."""
+    ball = get_norm(ctx.threat.norm)
     for _ in range(ctx.threat.steps):
         grad = input_gradient(model, x_adv, target, loss_fn)
-        x_adv = project(x_adv + ctx.threat.alpha * ctx.bounds.scale * grad.sign(), x, ctx.threat.eps, ctx.bounds)
+        step = ctx.threat.step_size * ctx.bounds.scale * ball.direction(grad * ctx.bounds.scale)
+        x_adv = ball.project(x_adv + step, x, ctx.threat.eps, ctx.bounds)
     return x_adv.detach()
 
 
@@ -204,7 +216,7 @@ def kl_to_clean(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.T
     return F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
 
 
-@register_method("st", "ST")
+@register_method("st", "ST", norms=("linf", "l2"))
 def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[MethodParams]) -> StepOutput:
     """Standard training: cross-entropy on the clean batch (the baseline every table compares to)."""
     logits = model(x)
@@ -213,18 +225,19 @@ def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodCont
     return StepOutput(loss.detach(), x, logits.detach())
 
 
-@register_method("pgd", "PGD-AT")
+@register_method("pgd", "PGD-AT", norms=("linf", "l2"))
 def pgd_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[MethodParams]) -> StepOutput:
     """PGD-AT (Madry et al. 2018): CE on PGD-K examples from one uniform random start."""
     with frozen_weights(model):
-        x_adv = pgd(model, x, y, ctx.threat.eps, ctx.threat.alpha, ctx.threat.steps, generator=ctx.generator, bounds=ctx.bounds)
+        x_adv = pgd(model, x, y, ctx.threat.eps, ctx.threat.step_size, ctx.threat.steps, generator=ctx.generator,
+                    norm=ctx.threat.norm, bounds=ctx.bounds)
     logits = model(x_adv)
     loss = F.cross_entropy(logits, y)
     _update(model, loss, ctx)
     return StepOutput(loss.detach(), x_adv, logits.detach())
 
 
-@register_method("trades", "TRADES", TradesParams)
+@register_method("trades", "TRADES", TradesParams, norms=("linf", "l2"))
 def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[TradesParams]) -> StepOutput:
     """TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(f(x) || f(x')).
 
@@ -259,7 +272,7 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
     return boosted_ce + beta * (kl * (1.0000001 - p_true)).mean()
 
 
-@register_method("mart", "MART", MartParams)
+@register_method("mart", "MART", MartParams, norms=("linf", "l2"))
 def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[MartParams]) -> StepOutput:
     """MART: PGD-K on CE from x + 0.001 N(0, 1) (the released code's start), then `mart_loss`."""
     with frozen_weights(model):
@@ -399,6 +412,6 @@ def yopo(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[
             x_adv = x_adv.detach().requires_grad_(True)
             hamiltonian = (p * yopo_first_layer(model, x_adv)).sum()
             (grad,) = torch.autograd.grad(hamiltonian, x_adv)
-            x_adv = project(x_adv.detach() + ctx.threat.alpha * ctx.bounds.scale * grad.sign(), x, ctx.threat.eps, ctx.bounds)
+            x_adv = project(x_adv.detach() + ctx.threat.step_size * ctx.bounds.scale * grad.sign(), x, ctx.threat.eps, ctx.bounds)
     _apply_gradients(model, ctx)
     return StepOutput(torch.stack(losses).mean(), x_adv.detach(), logits.detach())

@@ -20,8 +20,11 @@ from model_zoo.limits import MAX_EPS, MAX_LR
 from model_zoo.training import perturb
 
 # Norm name -> how metadata and tables print it ("threat_model": "Linf"), from the perturbation
-# registry. Training defends against Linf only so far; evaluation also attacks in L2.
-NORMS: dict[str, str] = {name: perturb.NORMS[name].name for name in ("linf",)}
+# registry. PGD-AT, TRADES and MART defend against either; the methods registry says which.
+NORMS: dict[str, str] = {name: norm.name for name, norm in perturb.NORMS.items()}
+# Linf's step when none is given: the paper's 2/255 whatever eps (so `--eps 4/255` keeps 2/255, as
+# it always did); L2's is RobustBench's convention, 2.5 eps / steps (perturb.NORMS).
+LINF_ALPHA = 2 / 255
 
 
 def help_text(cls: type, name: str) -> str:
@@ -47,21 +50,31 @@ class ThreatModel:
     norm: str = field(default="linf", metadata={"help": f"Threat model norm: {', '.join(NORMS)}."})
     eps: float = field(default=8 / 255, metadata={
         "help": "Radius of the threat model for training and the PGD-10 eval, e.g. 8/255 (sequences: in training stds per channel, e.g. 0.1)."})
-    alpha: float = field(default=2 / 255, metadata={"help": "Attack step size, e.g. 2/255."})
+    alpha: float | None = field(default=None, metadata={
+        "help": "Attack step size, e.g. 2/255 (default: 2/255 for linf, 2.5 eps/steps for l2)."})
     steps: int = field(default=10, metadata={"help": "Attack steps during training (pgd, trades, mart)."})
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise UsageError(f"threat model norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.alpha is None:  # max(steps, 1): steps <= 0 is refused below, with its own message
+            default = LINF_ALPHA if self.norm == "linf" else perturb.NORMS[self.norm].alpha(self.eps, max(self.steps, 1))
+            object.__setattr__(self, "alpha", default)
         _check_finite({"eps": self.eps, "alpha": self.alpha})
         if not self.eps >= 0:
             raise UsageError(f"eps must be >= 0, got {self.eps}")
-        for name, value in (("alpha", self.alpha), ("steps", self.steps)):
+        for name, value in (("alpha", self.step_size), ("steps", self.steps)):
             if not value > 0:
                 raise UsageError(f"{name} must be > 0, got {value}")
-        for name, value in (("eps", self.eps), ("alpha", self.alpha)):
+        for name, value in (("eps", self.eps), ("alpha", self.step_size)):
             if value > MAX_EPS:
                 raise UsageError(f"{name} must be <= {MAX_EPS:g}, got {value}")
+
+    @property
+    def step_size(self) -> float:
+        """alpha, resolved by __post_init__ (never None after it)."""
+        assert self.alpha is not None
+        return self.alpha
 
     @property
     def label(self) -> str:

@@ -272,9 +272,11 @@ def train(
         train_seconds = time.perf_counter() - started
         run.scheduler.step()
         setup.observer.on_eval_start(epoch, len(x_test))
-        evaluation = evaluate_pgd10(model, x_test, y_test, config.threat.eps, config.threat.alpha, config.batch_size, config.seed)
+        evaluation = evaluate_pgd10(model, x_test, y_test, config.threat.eps, config.threat.step_size, config.batch_size, config.seed,
+                                    norm=config.threat.norm)
         if len(x_val):
-            evaluation |= evaluate_pgd10(model, x_val, y_val, config.threat.eps, config.threat.alpha, config.batch_size, config.seed, split="val")
+            evaluation |= evaluate_pgd10(model, x_val, y_val, config.threat.eps, config.threat.step_size, config.batch_size, config.seed,
+                                         split="val", norm=config.threat.norm)
         record = EpochRecord(
             epoch=epoch, lr=lr, **sums, **evaluation,
             seconds=time.perf_counter() - started, samples_per_s=len(x_train) / train_seconds,
@@ -389,10 +391,10 @@ def _check_finite(
 
 def evaluate_pgd10(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, batch_size: int, seed: int,
-    split: str = "test",
+    split: str = "test", norm: str = "linf",
 ) -> dict[str, float]:
-    """Clean and PGD-10 loss/accuracy on (x, y) in eval mode and fp32, with the same attack noise
-    every epoch, named as EpochRecord's `<split>_*` fields ("test" or "val").
+    """Clean and PGD-10 (in the threat model's `norm`) loss/accuracy on (x, y) in eval mode and fp32,
+    with the same attack noise every epoch, named as EpochRecord's `<split>_*` fields ("test" or "val").
     Under torchrun each batch is split across the ranks and the sums are added up,
     so every rank gets the one-process numbers (on CPU: the same noise, see shard_generator)."""
     device = next(model.parameters()).device
@@ -407,7 +409,7 @@ def evaluate_pgd10(
                 continue  # fewer examples left than ranks; there is no collective in this loop
             xb, yb = x[begin + start : begin + stop].to(device), y[begin + start : begin + stop].to(device)
             noise = distributed.shard_generator((seed, "eval", batch), device, start * xb[0].numel(), workers)
-            x_adv = pgd(model, xb, yb, eps, alpha, EVAL_STEPS, generator=noise, bounds=bounds_of(model))
+            x_adv = pgd(model, xb, yb, eps, alpha, EVAL_STEPS, generator=noise, norm=norm, bounds=bounds_of(model))
             with torch.no_grad():
                 for offset, inputs in ((0, xb), (2, x_adv)):
                     logits = model(inputs)

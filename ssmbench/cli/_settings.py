@@ -30,6 +30,8 @@ def setting(cls: type, name: str, *declarations: str, **options: Any) -> Any:
 
 
 def fraction_setting(cls: type, name: str) -> Any:
-    """A float field typed as a fraction: its default shown as e.g. '8/255' (parse with parse_fraction)."""
-    text = str(Fraction(default(cls, name)).limit_denominator(FRACTION_DENOMINATOR))
+    """A float field typed as a fraction: its default shown as e.g. '8/255' (parse with parse_fraction);
+    a field whose default is None (resolved by its dataclass, e.g. alpha from the norm) stays None."""
+    value = default(cls, name)
+    text = None if value is None else str(Fraction(value).limit_denominator(FRACTION_DENOMINATOR))
     return typer.Option(text, help=help_text(cls, name))

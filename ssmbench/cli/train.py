@@ -105,6 +105,7 @@ def train_command(
     ),
     dataset: str = typer.Option(DEFAULT_DATASET, help=f"Dataset: {', '.join(list_datasets())} ({DEFAULT_DATASET} needs no download)."),
     epochs: int = setting(TrainConfig, "epochs"),
+    norm: str = setting(ThreatModel, "norm"),
     eps: str = fraction_setting(ThreatModel, "eps"),
     alpha: str = fraction_setting(ThreatModel, "alpha"),
     steps: int = setting(ThreatModel, "steps"),
@@ -144,8 +145,8 @@ def train_command(
     _choose(precision, list(PRECISIONS), "--precision")
     info = data.get_dataset(_choose(dataset, data.list_datasets(), "--dataset"))
     config = TrainConfig.from_settings(
-        method=at, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, eps=parse_fraction(eps, "--eps"),
-        alpha=parse_fraction(alpha, "--alpha"), steps=steps, trades_beta=trades_beta, mart_beta=mart_beta,
+        method=at, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, norm=norm, eps=parse_fraction(eps, "--eps"),
+        alpha=None if alpha is None else parse_fraction(alpha, "--alpha"), steps=steps, trades_beta=trades_beta, mart_beta=mart_beta,
         freeat_m=freeat_m, freeat_full_epochs=freeat_full_epochs, yopo_m=yopo_m, yopo_n=yopo_n,
         eval_examples=eval_examples, train_examples=train_examples, val_examples=val_examples, seed=seed, grad_clip=grad_clip, precision=precision,
     ).resolved(dataset)
@@ -163,7 +164,7 @@ def train_command(
         if config.val_examples:
             say.print(f"  and val clean/PGD-10 acc % on {config.val_examples} held-out training images (select best)")
         say.print(
-            f"{arch} ({ads} AdS{', attention' if attention else ''}) on {dataset}, {at}, eps {config.threat.eps:.4f}, "
+            f"{arch} ({ads} AdS{', attention' if attention else ''}) on {dataset}, {at}, {config.threat.label} eps {config.threat.eps:.4f}, "
             f"{config.effective_epochs} epochs, device {target}{processes} -> {out}"
         )
         with progress_bar(say, disable=not workers.is_main) as progress:

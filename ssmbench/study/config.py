@@ -174,7 +174,7 @@ _GRID_KEYS = {f.name for f in dataclasses.fields(Grid)}
 # (method, seed) and the method parameters, which [method_params.METHOD] tables set.
 _METHOD_PARAM_KEYS = {f"{name.replace('-', '_')}_{item.name}" for name, spec in METHODS.items()
                       for item in dataclasses.fields(spec.params)}
-TRAIN_KEYS = flat_keys() - {"method", "seed"} - _METHOD_PARAM_KEYS
+TRAIN_KEYS = (flat_keys() | {"norm"}) - {"method", "seed"} - _METHOD_PARAM_KEYS
 
 
 def _train_settings(config: TrainConfig) -> dict[str, Any]:
