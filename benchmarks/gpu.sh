@@ -18,12 +18,13 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 DRY=0
 [[ "${1:-}" == "--dry-run" ]] && DRY=1
 if (( DRY )); then
-    DEVICE=cpu; IMAGES=512; AA_EXAMPLES=4; AA_EPS=0.5; BATCH=64; STEPS=1; MODEL='{"n_layers": 1, "d_model": 8, "d_state": 4}'
-    LIMIT_BENCH=300; LIMIT_STEP=300
+    DEVICE=cpu; IMAGES=128; AA_EXAMPLES=4; AA_EPS=0.5; BATCH=64; STEPS=1; MODEL='{"n_layers": 1, "d_model": 8, "d_state": 4}'
+    LIMIT_BENCH=600; LIMIT_EPOCH=600; LIMIT_AA=600; LIMIT_STEP=600
     OUT=${OUT:-$(mktemp -d)/gpu-dry-run.md}
 else
     DEVICE=cuda; IMAGES=60000; AA_EXAMPLES=1000; AA_EPS=$($PYTHON -c 'print(8/255)'); BATCH=256; STEPS=10; MODEL='{}'
-    LIMIT_BENCH=180; LIMIT_STEP=120
+    # Worst case 120 + 2 x 90 + 2 x 50 + 30 + 2 x 30 = 490 s: a step past its limit becomes a row.
+    LIMIT_BENCH=120; LIMIT_EPOCH=90; LIMIT_AA=50; LIMIT_STEP=30
     OUT=${OUT:-benchmarks/results/gpu-$(date -u +%F).md}
 fi
 WORK=$(mktemp -d)
@@ -86,7 +87,7 @@ PY
 )
 for arch in s4 mamba; do
     CASE="{\"kind\": \"epoch\", \"arch\": \"$arch\", \"ads\": \"none\", \"dataset\": \"mnist\", \"batch_size\": $BATCH, \"train_file\": \"$WORK/mnist.safetensors\", \"steps\": $STEPS, \"model\": $MODEL, \"device\": \"$DEVICE\"}"
-    timed "$LIMIT_STEP" "PGD-AT epoch, $arch, L 784, $IMAGES $SOURCE images, batch $BATCH" $PYTHON -P benchmarks/commit_worker.py "$CASE"
+    timed "$LIMIT_EPOCH" "PGD-AT epoch, $arch, L 784, $IMAGES $SOURCE images, batch $BATCH" $PYTHON -P benchmarks/commit_worker.py "$CASE"
 done
 
 # 3. AutoAttack on $AA_EXAMPLES digits examples (test images first, then training images).
@@ -100,7 +101,7 @@ save_file({"images": torch.cat([test[0], train[0]]).contiguous(), "labels": torc
 PY
 for implementation in ssmbench official; do
     CASE="{\"kind\": \"autoattack\", \"implementation\": \"$implementation\", \"checkpoint\": \"model_zoo/weights/s4-pgd-tanh-digits.safetensors\", \"test_file\": \"$WORK/digits.safetensors\", \"n_examples\": $AA_EXAMPLES, \"eps\": $AA_EPS, \"device\": \"$DEVICE\"}"
-    timed "$LIMIT_STEP" "AutoAttack standard ($implementation), $AA_EXAMPLES digits examples" $PYTHON -P benchmarks/commit_worker.py "$CASE"
+    timed "$LIMIT_AA" "AutoAttack standard ($implementation), $AA_EXAMPLES digits examples" $PYTHON -P benchmarks/commit_worker.py "$CASE"
 done
 
 # 4. The mamba-ssm fused scan, if the package imports (CUDA only).
@@ -114,7 +115,7 @@ fi
 GPUS=$($PYTHON -c "import torch; print(torch.cuda.device_count())")
 if (( GPUS >= 2 )); then
     timed "$LIMIT_STEP" "torchrun 2 x nccl: train s4d" $PYTHON -m torch.distributed.run --standalone --nproc-per-node 2 -m ssmbench train s4d --at pgd --epochs 1 --train-examples 512 --eval-examples 64 --batch-size 64 --device cuda --out "$WORK/ddp"
-    timed "$LIMIT_STEP" "torchrun 2 x nccl: eval pgd10" $PYTHON -m torch.distributed.run --standalone --nproc-per-node 2 -m ssmbench eval "$WORK/ddp" --attack pgd10 --n-examples 128 --device cuda
+    timed "$LIMIT_STEP" "torchrun 2 x nccl: eval pgd10" $PYTHON -m torch.distributed.run --standalone --nproc-per-node 2 -m ssmbench eval "$WORK/ddp" --attack pgd10 --n-examples 128 --batch-size 64 --no-checks --device cuda --leaderboard "$WORK/ddp.parquet"
 else
     row "torchrun 2 x nccl" "skipped" "0" "needs 2 CUDA devices (nccl runs one process per GPU); this machine has $GPUS"
 fi

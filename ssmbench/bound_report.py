@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
 
 from ssmbench import analysis, bounds
 from ssmbench.attacks import AttackSettings, eval_mode, get_suite_spec, predict
@@ -68,7 +68,7 @@ class BoundReport:
         return self.arch == "mamba"
 
 
-def sites(model: nn.Module) -> list[analysis.ComponentSite]:
+def sites(model: Any) -> list[analysis.ComponentSite]:
     """analyze's sites, each block's LayerNorms after its mixer and attention."""
     found = analysis.component_sites(model)
     for index, block in enumerate(model.blocks):
@@ -78,7 +78,7 @@ def sites(model: nn.Module) -> list[analysis.ComponentSite]:
     return sorted(found, key=lambda s: s.block)
 
 
-def global_gain(arch: str, model: nn.Module, site: analysis.ComponentSite, length: int) -> float | None:
+def global_gain(arch: str, model: Any, site: analysis.ComponentSite, length: int) -> float | None:
     mixer = model.blocks[site.block].mixer
     if site.component == "Linear":
         return bounds.linear_gain(mixer.out_proj.weight)
@@ -95,7 +95,7 @@ def _movement(clean: torch.Tensor, other_lower: torch.Tensor, other_upper: torch
     return torch.maximum(other_upper - clean, clean - other_lower).flatten(1).amax(dim=1)
 
 
-def bound_report(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, seed: int = 0, batch_size: int = 128) -> BoundReport:
+def bound_report(model: Any, images: torch.Tensor, labels: torch.Tensor, eps: float, seed: int = 0, batch_size: int = 128) -> BoundReport:
     """Bounds and measurements on these examples; PGD-10 is the pgd10 suite's attack, on all examples."""
     arch = bounds.check_supported(model)
     model64 = bounds.as_float64(model)
@@ -104,8 +104,8 @@ def bound_report(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, e
     length = model.to_sequence(images[:1]).shape[1]
     (attack,) = get_suite_spec("pgd10").factory(AttackSettings(eps=eps, seed=seed))
     sums = torch.zeros(len(sites64), 4, dtype=torch.float64)  # ibp before/after, measured before/after
-    mse = {}
-    flags = {"clean": [], "robust": [], "certified": []}
+    mse: dict[tuple[int, str], list[float]] = {}
+    flags: dict[str, list[torch.Tensor]] = {"clean": [], "robust": [], "certified": []}
     for start in range(0, len(images), batch_size):
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
         x_adv = attack(model, x, y).x_adv

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,14 +59,14 @@ class IntervalPass:
 
 # --- LTI impulse responses and their gains -------------------------------------------------------
 
-def siso_response(mixer: nn.Module, length: int) -> torch.Tensor:
+def siso_response(mixer: Any, length: int) -> torch.Tensor:
     """(H, L): K_eff[h, l] of y_h = K_h * u_h + D_h u_h (S4, DSS, S4D)."""
     kernel = mixer.kernel(length).detach().clone()
     kernel[:, 0] += mixer.d.detach()
     return kernel
 
 
-def s5_response(mixer: nn.Module, length: int) -> torch.Tensor:
+def s5_response(mixer: Any, length: int) -> torch.Tensor:
     """(L, H, H): K_eff[l] = 2 Re(C diag(Lambda_bar^l) B_bar), plus diag(D) at lag 0 (MIMO)."""
     lam_bar, b_bar, c, d = (t.detach() for t in mixer.discrete_system())
     steps = torch.arange(length, device=lam_bar.device, dtype=lam_bar.real.dtype)
@@ -75,7 +76,7 @@ def s5_response(mixer: nn.Module, length: int) -> torch.Tensor:
     return response
 
 
-def ema_response(mixer: nn.Module, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def ema_response(mixer: Any, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mega's EMA before its SiLU, y + omega x, as (causal (H, L) with lags >= 0, anticausal (H, L)
     with lag 0 zeroed): both directions' lag 0 and omega are folded into the causal part."""
     ema = mixer.ema
@@ -104,7 +105,7 @@ def two_sided_reach(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tens
     return past + future
 
 
-def lti_gain(arch: str, mixer: nn.Module, length: int) -> torch.Tensor | None:
+def lti_gain(arch: str, mixer: Any, length: int) -> torch.Tensor | None:
     """Per output channel, the exact Linf -> Linf gain of the mixer's LTI part; None if it has none."""
     if arch in SISO_ARCHS:
         return siso_gain(siso_response(mixer, length))
@@ -149,7 +150,7 @@ ACTIVATION_BOXES: dict[str, Callable[[Box], Box]] = {
 }
 
 
-def ads_box(module: nn.Module, box: Box) -> Box:
+def ads_box(module: Any, box: Box) -> Box:
     """act(W_s y + b_s) * y + act(W_b y + b_b); the identity when AdS is off."""
     if not isinstance(module, AdaptiveScaling):
         return box
@@ -157,7 +158,7 @@ def ads_box(module: nn.Module, box: Box) -> Box:
     return intervals.mul(act(linear_box(module.scale, box)), box) + act(linear_box(module.shift, box))
 
 
-def attention_box(module: nn.Module, box: Box) -> Box:
+def attention_box(module: Any, box: Box) -> Box:
     """Single-head softmax self-attention (model_zoo.layers.attention.SelfAttention)."""
     q, k, v = linear_box(module.qkv, box).split([module.out_proj.in_features] * 3)
     scores = intervals.matmul(q, k.map(lambda t: t.transpose(1, 2)))
@@ -165,13 +166,13 @@ def attention_box(module: nn.Module, box: Box) -> Box:
     return linear_box(module.out_proj, intervals.matmul(weights, v))
 
 
-def siso_core_box(mixer: nn.Module, box: Box) -> Box:
+def siso_core_box(mixer: Any, box: Box) -> Box:
     """Linear: the midpoint goes through the mixer itself, the radius through |K_eff| directly."""
     response = siso_response(mixer, box.lower.shape[1])
     return intervals.from_mid_rad(mixer.core(box.mid), causal_abs_conv(box.rad, response))
 
 
-def s5_core_box(mixer: nn.Module, box: Box) -> Box:
+def s5_core_box(mixer: Any, box: Box) -> Box:
     response = s5_response(mixer, box.lower.shape[1]).abs()  # (L, H, H)
     rad = box.rad
     out = torch.zeros_like(rad)
@@ -180,7 +181,7 @@ def s5_core_box(mixer: nn.Module, box: Box) -> Box:
     return intervals.from_mid_rad(mixer.core(box.mid), out)
 
 
-def mamba_core_box(mixer: nn.Module, box: Box) -> Box:
+def mamba_core_box(mixer: Any, box: Box) -> Box:
     """Mamba's core step by step in interval arithmetic (in_proj, causal depthwise conv, SiLU,
     selective dt/B/C, the recurrence h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, y_t = C_t h_t + D u_t,
     gate SiLU(z)). Every enclosure depends on this input's box: the bound is local."""
@@ -219,7 +220,7 @@ CORE_BOXES: dict[str, Callable[[nn.Module, Box], Box]] = {
 }
 
 
-def ssm_mixer_box(arch: str, mixer: nn.Module, box: Box, ibp: IntervalPass) -> Box:
+def ssm_mixer_box(arch: str, mixer: Any, box: Box, ibp: IntervalPass) -> Box:
     """out_proj(ads(core(x))), recording what analysis hooks: mixer input, AdS in/out, out_proj in/out."""
     ibp.record(mixer, "input", box)
     core = ibp.record(mixer.ads, "input", CORE_BOXES[arch](mixer, box))
@@ -229,7 +230,7 @@ def ssm_mixer_box(arch: str, mixer: nn.Module, box: Box, ibp: IntervalPass) -> B
     return ibp.record(mixer, "output", out)
 
 
-def mega_mixer_box(arch: str, mixer: nn.Module, box: Box, ibp: IntervalPass) -> Box:
+def mega_mixer_box(arch: str, mixer: Any, box: Box, ibp: IntervalPass) -> Box:
     """Mega: EMA (linear, then SiLU), gated attention with relative position bias, update gate."""
     ibp.record(mixer, "input", box)
     length = box.lower.shape[1]
@@ -259,7 +260,7 @@ MIXER_BOXES: dict[str, Callable[[str, nn.Module, Box, IntervalPass], Box]] = {
 }
 
 
-def block_box(arch: str, block: nn.Module, box: Box, ibp: IntervalPass) -> Box:
+def block_box(arch: str, block: Any, box: Box, ibp: IntervalPass) -> Box:
     """x = LN(x + mixer(x)) (or LN(mixer(x)) for Mega), then x = LN(x + attention(x))."""
     mixed = MIXER_BOXES[arch](arch, block.mixer, box, ibp)
     summed = ibp.record(block.norm, "input", mixed + box if block.residual else mixed)
@@ -291,7 +292,7 @@ class Propagation:
     margins: torch.Tensor  # (N, K) lower bounds of logit_y - logit_j (+inf at j = y)
 
 
-def propagate(model64: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float) -> Propagation:
+def propagate(model64: Any, images: torch.Tensor, labels: torch.Tensor, eps: float) -> Propagation:
     """IBP of the eps-box around each image (clipped to [0, 1]) through a float64 classifier."""
     arch = check_supported(model64)
     ibp = IntervalPass()
@@ -311,7 +312,7 @@ def propagate(model64: nn.Module, images: torch.Tensor, labels: torch.Tensor, ep
     return Propagation(ibp.records, pooled, margins)
 
 
-def certified(model64: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, batch_size: int = 128) -> torch.Tensor:
+def certified(model64: Any, images: torch.Tensor, labels: torch.Tensor, eps: float, batch_size: int = 128) -> torch.Tensor:
     """bool (N,): IBP proves every image in the eps-box is classified as its label."""
     flags = []
     for start in range(0, len(images), batch_size):

@@ -66,8 +66,9 @@ Rescale = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _standardized(x: torch.Tensor) -> torch.Tensor:
-    mean = x.mean(dim=(0, 2, 3), keepdim=True)
-    std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    dims = (0, *range(2, x.ndim))  # every dimension but the channels
+    mean = x.mean(dim=dims, keepdim=True)
+    std = x.std(dim=dims, keepdim=True).clamp_min(1e-6)
     return (x - mean) / std
 
 
@@ -186,11 +187,13 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
 def check_contract(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: int, config: ContractConfig = ContractConfig(),
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", box: bool = True,
 ) -> tuple[str, ...]:
     """Hold `model` to the I/O contract on the first images; raise ContractError or return flags.
 
-    The model's train/eval mode is restored afterwards, and no gradient is taken.
+    `box=False` for data without the [0, 1] box (time series in raw units): the corner images and
+    the input-scale test are skipped there. The model's train/eval mode is restored afterwards,
+    and no gradient is taken.
     """
     was_training = model.training
     x, y = images[: config.n_examples].to(device), labels[: config.n_examples].to(device)
@@ -199,14 +202,14 @@ def check_contract(
     try:
         with torch.no_grad():
             logits = _checked_logits(model, x, classes, "the test images")
-            for corner in (torch.zeros_like(x[:1]), torch.ones_like(x[:1])):
+            for corner in (torch.zeros_like(x[:1]), torch.ones_like(x[:1])) if box else ():
                 _checked_logits(model, corner, classes, f"an all-{int(corner.flatten()[0])} image")
             again = model(x)
             scale = logits.abs().max().clamp_min(1e-12)
             if float((again - logits).abs().max() / scale) > config.random_tolerance or bool((again.argmax(1) != logits.argmax(1)).any()):
                 flags.append("random-forward")
             correct = logits.argmax(1) == y
-            for convention, rescale in INPUT_CONVENTIONS.items():
+            for convention, rescale in INPUT_CONVENTIONS.items() if box else ():
                 _refuse_other_scale(model, rescale(x), y, correct, convention, config)
     finally:
         model.train(was_training)
@@ -271,7 +274,7 @@ def measure(
     images, labels = data.load_split(dataset, "test", data_dir)
     n = n_examples if n_examples is not None else default_examples(suite, len(images))
     run_on = torch.device(device) if device is not None else default_device()
-    flags = check_contract(model.to(run_on), images, labels, info.classes, contract, run_on)
+    flags = check_contract(model.to(run_on), images, labels, info.classes, contract, run_on, box=info.input_kind == "image")
     sha256 = weights_sha256(model)
     result = evaluate(model, images, labels, suite, eps, n, batch_size, device, backend, seed, progress,
                       version=version, checks=checks, state_path=state_path, norm=norm)

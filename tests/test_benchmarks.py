@@ -7,7 +7,6 @@ import copy
 import json
 import math
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 
 import benchmarks
 from benchmarks import BENCHMARKS, Context, Report, RunOptions, Task, commit_worker, run_benchmarks
-from benchmarks.commit import ROOT, baseline_tree
+from benchmarks.commit import baseline_tree
 from benchmarks.mamba import MAMBAPY_INSTALL, use_mambapy
 from benchmarks.mixers import ARCHS, tiny_overrides, use_recurrences
 from benchmarks.runner import BASELINE_COMMIT, cpu_model, measure, measure_here
@@ -177,9 +176,13 @@ def test_commit_benchmark_runs_this_tree_and_the_baseline_commit_side_by_side(ti
     gflops = rows[4].fields
     assert gflops["ours_gflops"] > 0 and gflops["matmul_gflops"] > 0
     assert gflops["ours_fraction_of_matmul"] == pytest.approx(gflops["ours_gflops"] / gflops["matmul_gflops"])
-    # The baseline tree was extracted into the run's scratch folder, which is gone with it.
-    listed = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
-    assert "ssmbench-bench-" not in listed
+
+
+def test_the_baseline_is_the_commit_tree_extracted_not_a_registered_worktree(tmp_path: Path) -> None:
+    tree, why = baseline_tree(Context("tiny", RunOptions(), tmp_path), BASELINE_COMMIT)
+    assert why == "" and tree == tmp_path / "baseline"
+    assert (tree / "model_zoo" / "layers" / "s4.py").is_file() and not (tree / "model_zoo" / "layers" / "lti.py").exists()
+    assert not (tree / ".git").exists()  # nothing registered in the repository: nothing to clean up
 
 
 def test_a_baseline_commit_that_does_not_exist_is_a_skipped_side_with_the_reason(tmp_path: Path) -> None:

@@ -183,6 +183,7 @@ def test_a_model_expecting_inputs_outside_the_unit_box_is_refused(trained, test_
     x, y = test_images
     with pytest.raises(ContractError, match=r"expects inputs outside \[0, 1\].*scaled to " + convention.replace("[", r"\[").replace("]", r"\]")):
         check_contract(_Scaled(trained, unscale), x, y, 10)
+    assert check_contract(_Scaled(trained, unscale).eval(), x, y, 10, box=False) == ()  # data in raw units: no box to hold it to
 
 
 def test_non_finite_outputs_are_refused_and_train_mode_and_randomness_flagged(trained, test_images) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.progress import TaskID
 from rich.table import Table
 
 from model_zoo.errors import UsageError
@@ -64,8 +65,11 @@ def curve_command(
     with progress_bar(unit=None) as progress:
         for name, model, _ in loaded:
             task = progress.add_task(f"{name}: bisection", total=rounds)
-            results.append(curves.robustness_curve(name, model, images, labels, grid, seed, batch_size,
-                                                   on_round=lambda done, total, task=task: progress.advance(task)))
+
+            def advance(done: int, total: int, task: TaskID = task) -> None:
+                progress.advance(task)
+
+            results.append(curves.robustness_curve(name, model, images, labels, grid, seed, batch_size, on_round=advance))
             progress.remove_task(task)
     paths = curves.write_curves(results, out)
     _render(results)

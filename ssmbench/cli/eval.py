@@ -216,7 +216,7 @@ def eval_command(
         for label, path in _checkpoints(target):
             model, meta = load_with_meta(path)  # verifies the weights against their checksum
             tensors, sha256 = read_meta(path)[1]["tensors_sha256"], file_sha256(path)
-            same = next((item for item in evaluated if item.weights_sha256 == weights and item.meta is not None
+            same = next((item for item in evaluated if item.weights_sha256 == tensors and item.meta is not None
                          and item.meta.config == meta.config), None)
             if same is not None:
                 item = _Evaluated(label, path, meta, same.result, tensors, shared_with=_label(same))
@@ -272,7 +272,7 @@ def _eval_user_model(
         model.compile()
     arch = user.name or (spec + json.dumps(kwargs, sort_keys=True) if kwargs else spec)
     with distributed.process_group(torch.device(options.device) if options.device is not None else default_device()):
-        key = {"target": spec, "kwargs": kwargs, "suite": options.suite, "version": options.version, "eps": options.eps,
+        key: dict[str, object] = {"target": spec, "kwargs": kwargs, "suite": options.suite, "version": options.version, "eps": options.eps,
                "n": n_examples, "backend": options.backend, "seed": options.seed, "batch_size": options.batch_size,
                **({"norm": options.norm} if options.norm != "linf" else {})}
         measured = _with_progress(f"{spec} {options.suite}", lambda show: measure(

@@ -122,6 +122,7 @@ class Gap:
     table: str
     suite: str
     seed: int
+    n: str  # test images behind best (and last, when they match)
     best: str
     last: str
     difference: str
@@ -162,7 +163,8 @@ def _gaps(key: TableKey, line: Line) -> list[Gap]:
                 p_value = f"{test.p_value:.2g}"
             else:
                 interval, p_value = "not paired (no per-example outcomes on the same examples)", MISSING
-            found.append(Gap(f"{key.dataset}, ε = {format_eps(key.eps)}", SUITES[suite][1], seed, row_interval(best),
+            n = str(best.n_examples) if best.n_examples == last.n_examples else f"{best.n_examples} / {last.n_examples}"
+            found.append(Gap(f"{key.dataset}, ε = {format_eps(key.eps)}", SUITES[suite][1], seed, n, row_interval(best),
                              row_interval(last), f"{100 * (best.robust_acc - last.robust_acc):+.1f}", interval, p_value))
     return found
 
