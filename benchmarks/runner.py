@@ -113,7 +113,7 @@ class Row:
     @property
     def ratio(self) -> float | None:
         """baseline seconds / our seconds: above 1 means we are faster."""
-        if not (self.ours.ok and self.baseline.ok) or not self.ours.seconds:
+        if not (self.ours.ok and self.baseline.ok) or not self.ours.seconds or self.baseline.seconds is None:
             return None
         return self.baseline.seconds / self.ours.seconds
 
@@ -165,7 +165,7 @@ def measure(task: Task, options: RunOptions) -> Measurement:
     return Measurement(task.label, "failed", note=payload)
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def _context() -> multiprocessing.context.ForkServerContext | multiprocessing.context.SpawnContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(_PRELOAD)
@@ -188,6 +188,7 @@ def _child_main(sender: Any, task: Task, options: RunOptions) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     if options.threads is not None:
         torch.set_num_threads(options.threads)
+    message: tuple[str, dict[str, Any] | str]
     try:
         message = ("ok", measure_here(task, options.device))
     except MemoryError:

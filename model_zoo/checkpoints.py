@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from model_zoo import plugins
+from model_zoo import files, plugins
 from model_zoo.checkpoint_checks import Shapes, check_claims
 from model_zoo.config import ModelConfig
 from model_zoo.errors import CheckpointError, UsageError, ZooError
@@ -105,25 +103,6 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `path`.
-
-    A crash at any point leaves either the old file or the new one, never a torn file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and weights are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(model: nn.Module, path: str | Path, meta: CheckpointMeta) -> str:
     """Write `model` with `meta` atomically; returns the file's sha256."""
     if meta.kind not in CHECKPOINT_KINDS:
@@ -138,7 +117,7 @@ def save(model: nn.Module, path: str | Path, meta: CheckpointMeta) -> str:
         tensors[name] = tensor.contiguous().clone()
     metadata = {METADATA_KEY: meta.to_json(tensors_sha256(tensors), complex_names)}
     path = Path(path)
-    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+    files.atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
     return file_sha256(path)
 
 

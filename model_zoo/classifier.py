@@ -41,7 +41,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x + self.mixer(x) if self.residual else self.mixer(x))
-        if self.attention is not None:
+        if self.attention is not None and self.attention_norm is not None:  # both or neither (__init__)
             x = self.attention_norm(x + self.attention(x))
         return x
 

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 import tomllib
 import urllib.error
@@ -33,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model_zoo.checkpoints import CheckpointMeta, atomic_write_bytes, file_sha256, load
+from model_zoo import files
+from model_zoo.checkpoints import CheckpointMeta, file_sha256, load
 from model_zoo.errors import RunError, UsageError
 from model_zoo.limits import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_BYTES
 from model_zoo.registry import family_name
@@ -163,18 +163,10 @@ def fetch(name: str, zoo_file: Path = ZOO_FILE, timeout: float = 60.0, max_bytes
     if entry.file:
         return resolve(name, zoo_file)
     path = local_path(entry, zoo_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            actual = _download(entry.url, out, timeout, max_bytes, deadline_s, path)
+    with files.atomic_writer(path) as out:  # a refused download raises inside: nothing is saved
+        actual = _download(entry.url, out, timeout, max_bytes, deadline_s, path)
         if actual != entry.sha256:
             raise RunError(f"download of {name} has sha256 {actual[:12]}..., zoo.toml says {entry.sha256[:12]}...; not saved")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -243,10 +235,10 @@ def add_entry(
     text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + format_entry(entry)
     _check_round_trip(old, text, entry, zoo_file)  # before any write: a refused entry changes nothing
     target = zoo_file.parent / entry.file
-    atomic_write_bytes(target, payload)
+    files.atomic_write_bytes(target, payload)
     if file_sha256(target) != sha256:
         raise RunError(f"{target}: the copy does not match {source} (sha256); the disk may be failing")
-    atomic_write_bytes(zoo_file, text.encode("utf-8"))
+    files.atomic_write_bytes(zoo_file, text.encode("utf-8"))
     return entry
 
 

@@ -10,7 +10,6 @@ this is the paper's component figure.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_zoo.ads import AdaptiveScaling
+from model_zoo.files import atomic_writer
 from model_zoo.training.perturb import pgd
 
 if TYPE_CHECKING:
@@ -58,20 +58,23 @@ class ComponentChange:
 def component_sites(model: nn.Module) -> list[ComponentSite]:
     """The analysable components of a SequenceClassifier, block by block."""
     sites: list[ComponentSite] = []
-    for index, block in enumerate(model.blocks):
-        mixer = block.mixer
+    for index, block in enumerate(model.get_submodule("blocks").children()):
+        mixer = block.get_submodule("mixer")
         if hasattr(mixer, "ads") and hasattr(mixer, "out_proj"):
-            sites.append(ComponentSite(index, "SSM", (mixer, "input"), (mixer.ads, "input")))
-            if isinstance(mixer.ads, AdaptiveScaling):
-                sites.append(ComponentSite(index, "AdS", (mixer.ads, "input"), (mixer.ads, "output")))
-            sites.append(ComponentSite(index, "Linear", (mixer.out_proj, "input"), (mixer.out_proj, "output")))
+            ads, out_proj = mixer.get_submodule("ads"), mixer.get_submodule("out_proj")
+            sites.append(ComponentSite(index, "SSM", (mixer, "input"), (ads, "input")))
+            if isinstance(ads, AdaptiveScaling):
+                sites.append(ComponentSite(index, "AdS", (ads, "input"), (ads, "output")))
+            sites.append(ComponentSite(index, "Linear", (out_proj, "input"), (out_proj, "output")))
         elif hasattr(mixer, "ema"):  # Mega: EMA, then gated attention over the EMA output
-            sites.append(ComponentSite(index, "EMA", (mixer, "input"), (mixer.ema, "output")))
-            sites.append(ComponentSite(index, "Gated attention", (mixer.ema, "output"), (mixer, "output")))
+            ema = mixer.get_submodule("ema")
+            sites.append(ComponentSite(index, "EMA", (mixer, "input"), (ema, "output")))
+            sites.append(ComponentSite(index, "Gated attention", (ema, "output"), (mixer, "output")))
         else:
             sites.append(ComponentSite(index, type(mixer).__name__.removesuffix("Mixer"), (mixer, "input"), (mixer, "output")))
-        if block.attention is not None:
-            sites.append(ComponentSite(index, "Attention", (block.attention, "input"), (block.attention, "output")))
+        attention = getattr(block, "attention", None)  # None: the block has no attention layer
+        if isinstance(attention, nn.Module):
+            sites.append(ComponentSite(index, "Attention", (attention, "input"), (attention, "output")))
     return sites
 
 
@@ -170,10 +173,8 @@ def write_parquet(changes: list[ComponentChange], path: Path) -> None:
     """Atomic Parquet write (temp file + rename), like every other result file."""
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(to_table(changes), tmp)
-    os.replace(tmp, path)
+    with atomic_writer(path) as handle:
+        pq.write_table(to_table(changes), handle)
 
 
 def plot_change_rates(changes: list[ComponentChange], path: Path, title: str = "") -> None:

@@ -47,10 +47,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from model_zoo.checkpoints import tensors_sha256
+from model_zoo.devices import resolve_device
 from model_zoo.errors import UsageError
 from ssmbench import data
 from ssmbench.checks import CheckConfig
-from ssmbench.evaluate import EvalResult, Progress, default_device, evaluate
+from ssmbench.evaluate import EvalResult, EvalSettings, Progress, evaluate
 from ssmbench.leaderboard import ResultRow, append
 from ssmbench.protocol import default_examples
 from ssmbench.records import ModelLabels, labelled_row
@@ -250,7 +251,8 @@ def _refuse_other_scale(
 
 def with_flags(result: EvalResult, flags: tuple[str, ...]) -> EvalResult:
     """`result` with the contract's flags recorded next to those of its own checks."""
-    return dataclasses.replace(result, warnings=tuple(dict.fromkeys((*result.warnings, *flags))))
+    warnings = tuple(dict.fromkeys((*result.per_example.warnings, *flags)))
+    return dataclasses.replace(result, per_example=dataclasses.replace(result.per_example, warnings=warnings))
 
 
 @dataclass(frozen=True)
@@ -262,22 +264,20 @@ class Measured:
 
 
 def measure(
-    model: nn.Module, dataset: str, eps: float, suite: str, *, n_examples: int | None = None, batch_size: int = 256,
-    device: str | torch.device | None = None, backend: str = "official", seed: int = 0, version: str = "standard",
-    checks: CheckConfig | None = CheckConfig(), contract: ContractConfig = ContractConfig(), data_dir: Path | None = None,
-    progress: Progress | None = None, state_path: Path | None = None, norm: str = "linf",
+    model: nn.Module, dataset: str, suite: str, settings: EvalSettings = EvalSettings(), *,
+    contract: ContractConfig = ContractConfig(), data_dir: Path | None = None, progress: Progress | None = None,
 ) -> Measured:
-    """Check the contract, then run `suite` on the first `n_examples` test images of `dataset`."""
+    """Check the contract, then run `suite` on the first `settings.n_examples` test images of
+    `dataset` (default: the paper's protocol for the suite)."""
     if not isinstance(model, nn.Module):
         raise ContractError(f"benchmark needs a torch.nn.Module, got {type(model).__name__}")
     info = data.get_dataset(dataset)
     images, labels = data.load_split(dataset, "test", data_dir)
-    n = n_examples if n_examples is not None else default_examples(suite, len(images))
-    run_on = torch.device(device) if device is not None else default_device()
+    n = settings.n_examples if settings.n_examples is not None else default_examples(suite, len(images))
+    run_on = resolve_device(settings.device)
     flags = check_contract(model.to(run_on), images, labels, info.classes, contract, run_on, box=info.input_kind == "image")
     sha256 = weights_sha256(model)
-    result = evaluate(model, images, labels, suite, eps, n, batch_size, device, backend, seed, progress,
-                      version=version, checks=checks, state_path=state_path, norm=norm)
+    result = evaluate(model, (images, labels), suite, dataclasses.replace(settings, n_examples=n), progress=progress)
     return Measured(with_flags(result, flags), sha256)
 
 
@@ -306,8 +306,9 @@ def benchmark(
     PGD-10 on the whole test split, AutoAttack suites on its first 2000 images.
     """
     label = name or type(model).__name__
-    measured = measure(model, dataset, eps, suite, n_examples=n_examples, batch_size=batch_size, device=device,
-                       backend=backend, seed=seed, checks=checks, data_dir=data_dir)
+    settings = EvalSettings(eps=eps, n_examples=n_examples, batch_size=batch_size, device=device, backend=backend,
+                            seed=seed, checks=checks)
+    measured = measure(model, dataset, suite, settings, data_dir=data_dir)
     row = user_row(uuid.uuid4().hex[:12], label, label, dataset, measured)
     if leaderboard is not None:
         append(leaderboard, [row])

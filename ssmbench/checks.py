@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from scipy.stats import binomtest  # type: ignore[import-untyped]
+from scipy.stats import binomtest
 from torch import nn
 
 from model_zoo.bounds import bounds_of

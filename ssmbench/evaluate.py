@@ -1,4 +1,4 @@
-"""`evaluate(model, images, labels, suite, eps, ...)`: one attack suite on the first N test examples.
+"""`evaluate(model, (images, labels), suite, EvalSettings(...))`: one attack suite on the first N test examples.
 
 The RobustBench convention: the first `n_examples` of the test split in their fixed order (so two
 evaluations of the same N are on the same images), the model in eval mode, Linf eps on [0, 1]
@@ -28,19 +28,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from model_zoo.bounds import bounds_of
-from model_zoo.checkpoints import atomic_write_bytes, tensors_sha256
+from model_zoo.checkpoints import tensors_sha256
+from model_zoo.devices import resolve_device
 from model_zoo.errors import UsageError
+from model_zoo.files import atomic_write_bytes
 from model_zoo.training import distributed
 from ssmbench.attacks import (
     THREAT_MODEL,
     Attack,
     AttackSettings,
-    FlagAccuracies,
     SuiteResult,
     build_suite,
     eval_mode,
@@ -56,16 +58,50 @@ STATE_FORMAT = 1
 
 
 @dataclass(frozen=True)
-class EvalResult(FlagAccuracies):
-    """Per-example flags are the result; every accuracy is derived from them."""
+class EvalSettings:
+    """How an evaluation runs; the defaults are the paper's protocol on every example given.
+
+    eps: the radius in `norm`. n_examples: the first N (None: all). batch_size: a batch
+    runs the whole suite and PGD's noise is seeded per batch, so the batch size is part of what
+    decides a result (and of what a state file must match). device: None picks CUDA when present.
+    backend, version: which AutoAttack code and version the AutoAttack suites run. seed: the
+    attacks'. checks: the sanity checks (None: off). state_path: with it, finished batches are
+    saved there and a rerun with the same settings skips them; the file goes when the run completes.
+    norm: the threat model's norm ("linf" or "l2"). box: the input box where the model allows a
+    choice (sequences: "none", the default, or "observed"); the result's threat_model names it.
+    """
+
+    eps: float = 8 / 255
+    n_examples: int | None = None
+    batch_size: int = 256
+    device: str | torch.device | None = None  # None or 'auto': CUDA when present (model_zoo.devices)
+    backend: str = "official"
+    version: str = "standard"
+    seed: int = 0
+    checks: CheckConfig | None = CheckConfig()
+    state_path: str | Path | None = None
+    norm: str = "linf"
+    box: str | None = None
+
+    def __post_init__(self) -> None:
+        self.attack_settings  # noqa: B018  (building them refuses a bad eps, backend, version, norm or box now)
+        if self.batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def attack_settings(self) -> AttackSettings:
+        return AttackSettings(self.eps, self.backend, self.version, self.seed, self.norm, self.box)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One suite's evaluation: the suite's per-example flags are the result, every accuracy is
+    derived from them; besides them, what the row records about how they were measured."""
 
     suite: str  # as recorded: 'autoattack' is the standard version, 'autoattack-plus' etc. otherwise
     eps: float
-    clean: torch.Tensor  # bool (N,): correctly classified
-    robust: torch.Tensor  # bool (N,): correctly classified after every attack
-    robust_after: dict[str, torch.Tensor]  # attack -> bool (N,) after it, in the order they ran
+    per_example: SuiteResult  # its x_adv is None: an evaluation keeps flags only (it resumes from them)
     checks: tuple[CheckOutcome, ...]
-    warnings: tuple[str, ...]  # flag codes reported by the attack code itself (AutoAttack's log)
     backend: str
     backend_version: str
     device: str
@@ -77,59 +113,55 @@ class EvalResult(FlagAccuracies):
 
     @property
     def n_examples(self) -> int:
-        return len(self.clean)
+        return len(self.per_example.clean)
+
+    @property
+    def clean_acc(self) -> float:
+        return self.per_example.clean_acc
+
+    @property
+    def robust_acc(self) -> float:
+        return self.per_example.robust_acc
+
+    @property
+    def per_attack(self) -> dict[str, float]:
+        return self.per_example.per_attack
 
     @property
     def flags(self) -> tuple[str, ...]:
-        found = [outcome.flag for outcome in self.checks if outcome.flag] + list(self.warnings)
+        """What the sanity checks flagged, then what the attack code reported (AutoAttack's log)."""
+        found = [outcome.flag for outcome in self.checks if outcome.flag] + list(self.per_example.warnings)
         return tuple(dict.fromkeys(found))
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def evaluate(
     model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    data: tuple[torch.Tensor, torch.Tensor],
     suite: str,
-    eps: float,
-    n_examples: int | None = None,
-    batch_size: int = 256,
-    device: str | torch.device | None = None,
-    backend: str = "official",
-    seed: int = 0,
-    progress: Progress | None = None,
+    settings: EvalSettings = EvalSettings(),
     *,
-    version: str = "standard",
-    checks: CheckConfig | None = CheckConfig(),
-    state_path: str | Path | None = None,
-    norm: str = "linf",
-    box: str | None = None,
+    progress: Progress | None = None,
 ) -> EvalResult:
-    """Run `suite` at `eps` on the first `n_examples` (default: all) of images/labels.
+    """Run `suite` on the first `settings.n_examples` (default: all) of data = (images, labels).
 
-    `device` defaults to CUDA when present; the model is moved there and put in eval mode.
-    `box` picks the threat model's input box where the model allows a choice (sequences: "none",
-    the default, or "observed"); the result's threat_model names it. `checks=None` skips the sanity checks. With `state_path`, finished batches are saved there
-    and a rerun with the same arguments skips them; the file is removed when the run completes.
-    Under torchrun call it on every rank, with the rank's device (cuda means cuda:LOCAL_RANK once
-    the process group set it); every rank returns the whole result. The sanity checks (on their
-    own first examples) run alike on every rank rather than on rank 0 alone, so that no rank
-    waits in a collective while they run.
+    The model is moved to `settings.device` and put in eval mode. `progress(done, total, attack)`
+    reports examples done and the attack now running. Under torchrun call it on every rank, with
+    the rank's device (cuda means cuda:LOCAL_RANK once the process group set it); every rank
+    returns the whole result. The sanity checks (on their own first examples) run alike on every
+    rank rather than on rank 0 alone, so that no rank waits in a collective while they run.
     """
-    n = _validate(images, labels, n_examples, batch_size)
-    settings = AttackSettings(eps, backend, version, seed, norm, box)
-    threat_model = threat_model_name(norm, bounds_of(model, box))
-    runner = build_suite(suite, settings)
-    device = torch.device(device) if device is not None else default_device()
+    images, labels = data
+    n = _validate(images, labels, settings.n_examples)
+    attack_settings, batch_size, checks = settings.attack_settings, settings.batch_size, settings.checks
+    threat_model = threat_model_name(settings.norm, bounds_of(model, settings.box))
+    runner = build_suite(suite, attack_settings)
+    device = resolve_device(settings.device)
     model = model.to(device)
     x, y = images[:n], labels[:n]
-    label = suite_label(suite, version)
+    label = suite_label(suite, settings.version)
     workers = distributed.current()
-    fingerprint = _fingerprint(model, x, y, label, settings, batch_size) if state_path else {}
-    state = distributed.on_main(_State.open, state_path, fingerprint)
+    fingerprint = _fingerprint(model, x, y, label, attack_settings, batch_size) if settings.state_path else {}
+    state = distributed.on_main(_State.open, settings.state_path, fingerprint)
     report = progress or (lambda done, total, attack: None)
     batches = range(0, n, batch_size)
     with eval_mode(model), torch.autocast(device_type=device.type, enabled=False):
@@ -140,34 +172,32 @@ def evaluate(
             if first + workers.rank < len(batches):
                 start = batches[first + workers.rank]
                 end = min(start + batch_size, n)
-                result = runner.run(
-                    model, x[start:end].to(device), y[start:end].to(device), on_attack=lambda name, s=start: report(s, n, name)
-                )
+                def on_attack(name: str, start: int = start) -> None:
+                    report(start, n, name)
+
+                result = runner.run(model, x[start:end].to(device), y[start:end].to(device), on_attack=on_attack)
                 record = _record(result)
             records = [r for r in distributed.gather_objects(record) if r is not None]
             state.add(records, time.perf_counter() - began, write=workers.is_main)
             report(min(state.done_batches * batch_size, n), n, "")
         began = time.perf_counter()
-        clean, after, warnings = state.flags(runner.attacks)
+        per_example = state.flags(runner.attacks)
         outcomes = () if checks is None else run_checks(
-            model, x[: checks.n_examples].to(device), y[: checks.n_examples].to(device), settings, checks,
-            runner.attacks, clean.to(device), {name: flags.to(device) for name, flags in after.items()},
+            model, x[: checks.n_examples].to(device), y[: checks.n_examples].to(device), attack_settings, checks,
+            runner.attacks, per_example.clean.to(device), {name: flags.to(device) for name, flags in per_example.robust_after.items()},
         )
     if workers.is_main:
         state.finish()
-    package, package_version = suite_backend(suite, backend)
+    package, package_version = suite_backend(suite, settings.backend)
     return EvalResult(
         suite=label,
-        eps=eps,
-        clean=clean,
-        robust=list(after.values())[-1],
-        robust_after=after,
+        eps=settings.eps,
+        per_example=per_example,
         checks=outcomes,
-        warnings=warnings,
         backend=package,
         backend_version=package_version,
         device=str(device),
-        seed=seed,
+        seed=settings.seed,
         wall_seconds=state.seconds + time.perf_counter() - began,
         threat_model=threat_model,
         labels_sha256=labels_sha256(y),
@@ -175,14 +205,12 @@ def evaluate(
     )
 
 
-def _validate(images: torch.Tensor, labels: torch.Tensor, n_examples: int | None, batch_size: int) -> int:
+def _validate(images: torch.Tensor, labels: torch.Tensor, n_examples: int | None) -> int:
     if images.ndim not in (3, 4) or len(images) != len(labels):
         raise UsageError(f"expected images (N, C, H, W) or series (N, C, L) and N labels, got {tuple(images.shape)} and {tuple(labels.shape)}")
     n = len(images) if n_examples is None else n_examples
     if not 1 <= n <= len(images):
         raise UsageError(f"n_examples must be between 1 and {len(images)} (the split's size), got {n}")
-    if batch_size < 1:
-        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     return n
 
 
@@ -216,7 +244,7 @@ def _unbits(text: str) -> torch.Tensor:
     return torch.tensor([char == "1" for char in text], dtype=torch.bool)
 
 
-def _record(result: SuiteResult) -> dict[str, object]:
+def _record(result: SuiteResult) -> dict[str, Any]:
     """One batch's flags as the state file keeps them (compact, and cheap to gather across ranks)."""
     return {
         "clean": _bits(result.clean),
@@ -233,13 +261,13 @@ class _State:
     split evenly between the batches that ran side by side in it.
     """
 
-    def __init__(self, path: Path | None, fingerprint: dict[str, object], batches: list[dict[str, object]]) -> None:
+    def __init__(self, path: Path | None, fingerprint: dict[str, Any], batches: list[dict[str, Any]]) -> None:
         self.path = path
         self.fingerprint = fingerprint
         self.batches = batches
 
     @classmethod
-    def open(cls, path: str | Path | None, fingerprint: dict[str, object]) -> _State:
+    def open(cls, path: str | Path | None, fingerprint: dict[str, Any]) -> _State:
         if path is None:
             return cls(None, fingerprint, [])
         path = Path(path)
@@ -263,19 +291,19 @@ class _State:
     def seconds(self) -> float:
         return sum(float(batch["seconds"]) for batch in self.batches)
 
-    def add(self, records: list[dict[str, object]], seconds: float, write: bool = True) -> None:
+    def add(self, records: list[dict[str, Any]], seconds: float, write: bool = True) -> None:
         """Append the next batches (in example order), which together took `seconds`."""
         self.batches.extend({**record, "seconds": seconds / len(records)} for record in records)
         if write and self.path is not None:
             payload = {"fingerprint": self.fingerprint, "batches": self.batches}
             atomic_write_bytes(self.path, json.dumps(payload).encode())
 
-    def flags(self, attacks: tuple[Attack, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[str, ...]]:
-        """(clean, robust after each attack, warnings) over all batches, on the CPU."""
+    def flags(self, attacks: tuple[Attack, ...]) -> SuiteResult:
+        """The flags over all batches, on the CPU (without adversarial points: the file has none)."""
         clean = torch.cat([_unbits(batch["clean"]) for batch in self.batches])
         after = {a.name: torch.cat([_unbits(batch["after"][a.name]) for batch in self.batches]) for a in attacks}
         warnings = dict.fromkeys(w for batch in self.batches for w in batch["warnings"])
-        return clean, after, tuple(warnings)
+        return SuiteResult(clean, list(after.values())[-1], after, None, tuple(warnings))
 
     def finish(self) -> None:
         if self.path is not None:

@@ -4,10 +4,11 @@ Every evaluation appends `ResultRow`s to a results file: the user's own (ssmbenc
 file is named, e.g. the published `leaderboards/results.parquet`. The file is the record that the
 markdown, `ssmbench leaderboard show` and the exports are derived from, so:
 
-- appends are atomic: the new table goes to a temp file in the same folder, is fsynced, then
-  `os.replace`d over the old one, so a crash leaves either the old file or the new one;
+- appends are atomic (`model_zoo.files.atomic_writer`: a temp file in the same folder, fsynced,
+  then renamed over the old one), so a crash leaves either the old file or the new one;
 - appends are safe under concurrent writers: the read-modify-write runs under an exclusive
-  `flock` on a sidecar lock file, so two evaluations finishing together both land;
+  `flock` on a sidecar lock file (`model_zoo.files.file_lock`), so two evaluations finishing
+  together both land;
 - the schema is versioned in the Parquet metadata, and each older version has a migration, so a
   file written by an older ssmbench still reads; a file that is not ours is refused, never
   overwritten;
@@ -21,28 +22,26 @@ markdown, `ssmbench leaderboard show` and the exports are derived from, so:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
-import fcntl
 import hashlib
 import io
 import json
 import math
 import os
 import re
-import stat
 import tempfile
 from base64 import b64encode
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from model_zoo import files
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.errors import RunError, UsageError
 from ssmbench.leaderboard_render import render_markdown, robustbench_entries
@@ -69,7 +68,6 @@ __all__ = [
 SCHEMA_VERSION = 2
 _VERSION_KEY = b"ssmbench.schema_version"
 _ROWS_SHA256_KEY = b"ssmbench.rows_sha256"
-NEW_FILE_MODE = 0o644  # results are meant to be shared; an existing file keeps its own mode
 CHECKPOINT_KINDS = ("best", "last", "")
 SELECTIONS = ("val", "test")  # how "best" was chosen: on held-out training images, or on the test set
 CHECKED, FLAGGED, NOT_CHECKED = "passed", "flagged", "not checked"
@@ -383,7 +381,7 @@ def _read_table(path: Path) -> pa.Table:
 
 
 def _to_table(rows: Sequence[ResultRow]) -> pa.Table:
-    columns: dict[str, list[object]] = {name: [] for name in SCHEMA.names}
+    columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
     for row in rows:
         for name in SCHEMA.names:
             columns[name].append(getattr(row, name))
@@ -409,7 +407,8 @@ def _write_sealed(path: Path, rows: Sequence[ResultRow]) -> None:
     table = _to_table(rows)
     metadata = table.schema.metadata or {}
     table = table.replace_schema_metadata({**metadata, _ROWS_SHA256_KEY: rows_sha256(table, metadata[_VERSION_KEY]).encode()})
-    _write_atomic(path, lambda f: pq.write_table(table, f, write_page_checksum=True))
+    with files.atomic_writer(path) as handle:
+        pq.write_table(table, handle, write_page_checksum=True)
 
 
 # -- reading and appending ----------------------------------------------------------------------
@@ -449,8 +448,8 @@ def append(path: str | os.PathLike[str], rows: Sequence[ResultRow]) -> None:
         return
     _to_table(rows)  # a row that cannot be stored fails before the lock is taken
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
-        _remove_stale_temps(path)
+    with files.file_lock(_lock_path(path)):
+        files.remove_stale_temps(path)
         old = _to_rows(_read_table(path), path) if path.exists() else []
         _write_sealed(path, [*old, *rows])
 
@@ -479,61 +478,8 @@ def append_or_keep(path: str | os.PathLike[str], rows: Sequence[ResultRow], keep
     raise RunError(f"could not record the results in {path} ({reason}) nor save them in {keep_dir} or the temp folder")
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock for `path`; the kernel drops it if the holder dies."""
-    fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
-
-
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}."
-
-
-def _remove_stale_temps(path: Path) -> None:
-    """Delete temp files of writers that died mid-write; only safe while holding the lock."""
-    for stale in path.parent.glob(_temp_prefix(path) + "*.tmp"):
-        stale.unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through `write` into a temp file beside `path`, then swap it in with os.replace.
-
-    A symlink is followed, so the file it points to is replaced rather than the link; the new file
-    gets the old one's mode (mkstemp's 0600 would lock others out of a shared file).
-    """
-    path = Path(os.path.realpath(path))
-    mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else NEW_FILE_MODE
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable: without it a power cut can bring back the old file.
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- derived files ------------------------------------------------------------------------------
@@ -553,7 +499,7 @@ def publish(parquet_path: str | os.PathLike[str], markdown_path: str | os.PathLi
     text = render_markdown(read(parquet_path))
     markdown_path = Path(markdown_path)
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(markdown_path, lambda f: f.write(text.encode()))
+    files.atomic_write_bytes(markdown_path, text.encode())
     return text
 
 
@@ -578,7 +524,7 @@ def export(rows: Sequence[ResultRow], fmt: str, out: str | os.PathLike[str]) -> 
     if fmt == "csv":
         out.parent.mkdir(parents=True, exist_ok=True)
         text = _csv_text(rows)
-        _write_atomic(out, lambda f: f.write(text.encode()))
+        files.atomic_write_bytes(out, text.encode())
         return [out]
     if fmt == "robustbench":
         entries = robustbench_entries(rows)
@@ -589,7 +535,7 @@ def export(rows: Sequence[ResultRow], fmt: str, out: str | os.PathLike[str]) -> 
             target = _inside(out, relative)
             target.parent.mkdir(parents=True, exist_ok=True)
             text = json.dumps(entry, indent=2) + "\n"
-            _write_atomic(target, lambda f, text=text: f.write(text.encode()))
+            files.atomic_write_bytes(target, text.encode())
             written.append(target)
         return written
     raise LeaderboardError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")

@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model_zoo.checkpoints import atomic_write_bytes
+from model_zoo.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -108,20 +108,28 @@ def labelled_row(
         split=split,
         examples=first_n(result.n_examples),
         labels_sha256=result.labels_sha256,
-        outcomes=PerExample.from_tensors(result.clean, result.robust_after).pack(),
-        outcome_attacks=tuple(result.robust_after),
+        outcomes=PerExample.from_tensors(result.per_example.clean, result.per_example.robust_after).pack(),
+        outcome_attacks=tuple(result.per_example.robust_after),
         checks_run=tuple(outcome.name for outcome in result.checks),
         check_examples=result.check_examples if result.checks else 0,
     )
 
 
 class Measured(Protocol):
-    """What an EvalResult and a ResultRow both say about one evaluation."""
+    """What an EvalResult and a ResultRow both say about one evaluation (read-only: a row is frozen,
+    a result derives its accuracies)."""
 
-    clean_acc: float
-    robust_acc: float
-    n_examples: int
-    eps: float
+    @property
+    def clean_acc(self) -> float: ...
+
+    @property
+    def robust_acc(self) -> float: ...
+
+    @property
+    def n_examples(self) -> int: ...
+
+    @property
+    def eps(self) -> float: ...
 
 
 def zoo_metrics(pgd10: Measured, autoattack: Measured) -> dict[str, float]:

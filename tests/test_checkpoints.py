@@ -114,7 +114,7 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path: Path, monkeypatch: py
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("model_zoo.checkpoints.os.replace", crash)
+    monkeypatch.setattr("model_zoo.files.os.replace", crash)
     with pytest.raises(OSError):
         save(model, path, CheckpointMeta(model.config, epoch=99))
     assert file_sha256(path) == before

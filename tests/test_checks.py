@@ -22,7 +22,7 @@ from ssmbench.checks import (
     check_randomness,
     margin_loss,
 )
-from ssmbench.evaluate import evaluate
+from ssmbench.evaluate import EvalSettings, evaluate
 
 EPS = 8 / 255
 
@@ -89,15 +89,15 @@ def underfit(trained_digits_model) -> nn.Module:
 
 @pytest.mark.parametrize("which", ["model", "underfit"])
 def test_a_plain_model_raises_no_flag(request, test_set, which) -> None:
-    result = evaluate(request.getfixturevalue(which), *test_set, "pgd10", EPS, n_examples=128, batch_size=128)
+    result = evaluate(request.getfixturevalue(which), test_set, "pgd10", EvalSettings(eps=EPS, n_examples=128, batch_size=128))
     assert [outcome.name for outcome in result.checks] == ["gradients", "randomness", "unbounded", "black-box", "pgd-steps", "pgd-margin"]
     assert result.flags == ()
 
 
 def test_a_quantized_model_that_masks_gradients_is_flagged(model, test_set) -> None:
     masked = Quantized(model)
-    result = evaluate(masked, *test_set, "pgd10", EPS, n_examples=128, batch_size=128)
-    plain = evaluate(model, *test_set, "pgd10", EPS, n_examples=128, batch_size=128, checks=None)
+    result = evaluate(masked, test_set, "pgd10", EvalSettings(eps=EPS, n_examples=128, batch_size=128))
+    plain = evaluate(model, test_set, "pgd10", EvalSettings(eps=EPS, n_examples=128, batch_size=128, checks=None))
     assert result.robust_acc > plain.robust_acc + 0.1  # the masking fools PGD-10 into a higher number
     assert {"zero-gradients", "unbounded-pgd-not-zero", "black-box-beats-white-box", "pgd-steps-no-gain"} <= set(result.flags)
     assert set(result.flags) <= set(FLAGS)
@@ -180,7 +180,7 @@ def test_temperature_300_is_flagged_by_the_margin_check_and_the_plain_model_is_n
 
 
 def test_run_checks_flags_the_tempered_model_beside_the_eps1_check(model, test_set) -> None:
-    result = evaluate(Tempered(model, 300.0), *test_set, "pgd10", EPS, n_examples=128, batch_size=128)
+    result = evaluate(Tempered(model, 300.0), test_set, "pgd10", EvalSettings(eps=EPS, n_examples=128, batch_size=128))
     outcomes = {outcome.name: outcome.flag for outcome in result.checks}
     assert outcomes["pgd-margin"] == "margin-attack-beats-pgd10"
     assert "margin-attack-beats-pgd10" in result.flags

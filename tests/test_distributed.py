@@ -33,7 +33,7 @@ from model_zoo.training.perturb import input_gradient, pgd
 from model_zoo.training.settings import ThreatModel
 from model_zoo.training.trainer import EVAL_STEPS, TrainConfig, evaluate_pgd10, resolve_precision, seed_everything, train
 from ssmbench.data import load_split
-from ssmbench.evaluate import evaluate
+from ssmbench.evaluate import EvalSettings, evaluate
 from ssmbench.leaderboard import read
 
 MODEL = {"d_model": 16, "d_state": 8, "n_layers": 1}
@@ -66,7 +66,7 @@ from model_zoo.errors import UsageError
 from model_zoo.training import TrainObserver, distributed
 from model_zoo.training.trainer import TrainConfig, seed_everything, train
 from ssmbench.data import load_split
-from ssmbench.evaluate import evaluate
+from ssmbench.evaluate import EvalSettings, evaluate
 
 
 class StopAfterFirstEpoch(TrainObserver):
@@ -102,9 +102,9 @@ with distributed.process_group(torch.device("cpu")):
             refused.append(str(exc))
     model, _ = load(plan["eval_checkpoint"])
     e = plan["eval"]
-    result = evaluate(model, *data[1], "pgd10", e["eps"], e["n_examples"], e["batch_size"], "cpu", checks=None)
+    result = evaluate(model, data[1], "pgd10", EvalSettings(eps=e["eps"], n_examples=e["n_examples"], batch_size=e["batch_size"], device="cpu", checks=None))
     if distributed.current().is_main:
-        flags = {"clean": result.clean, "robust": result.robust}
+        flags = {"clean": result.per_example.clean, "robust": result.per_example.robust}
         save_file({k: v.to(torch.uint8) for k, v in flags.items()}, out / "flags.safetensors")
         (out / "refused.json").write_text(json.dumps(refused))
 '''
@@ -220,11 +220,11 @@ def test_a_batch_that_cannot_be_split_is_refused(job: Job) -> None:
 
 def test_distributed_evaluation_gives_the_flags_of_one_process(job: Job, data: tuple[Data, Data]) -> None:
     model, _ = load(job.eval_checkpoint)
-    single = evaluate(model, *data[1], "pgd10", EVAL["eps"], EVAL["n_examples"], EVAL["batch_size"], "cpu", checks=None)
+    single = evaluate(model, data[1], "pgd10", EvalSettings(eps=EVAL["eps"], n_examples=EVAL["n_examples"], batch_size=EVAL["batch_size"], device="cpu", checks=None))
     merged = load_file(job.two / "flags.safetensors")
-    assert 0 < single.robust.sum() < single.clean.sum() < EVAL["n_examples"]  # flags that could disagree
-    assert torch.equal(merged["clean"].bool(), single.clean)
-    assert torch.equal(merged["robust"].bool(), single.robust)
+    assert 0 < single.per_example.robust.sum() < single.per_example.clean.sum() < EVAL["n_examples"]  # flags that could disagree
+    assert torch.equal(merged["clean"].bool(), single.per_example.clean)
+    assert torch.equal(merged["robust"].bool(), single.per_example.robust)
 
 
 def test_cli_train_under_torchrun_writes_once_and_prints_once(job: Job) -> None:
@@ -243,7 +243,7 @@ def test_cli_eval_under_torchrun_records_once_what_one_process_measures(job: Job
     assert [row.checkpoint_kind for row in rows] == ["best", "last"]
     for row in rows:
         model, _ = load(job.cli_run / f"{row.checkpoint_kind}.safetensors")
-        single = evaluate(model, *data[1], "pgd10", 8 / 255, 48, 16, "cpu", checks=None)
+        single = evaluate(model, data[1], "pgd10", EvalSettings(eps=8 / 255, n_examples=48, batch_size=16, device="cpu", checks=None))
         assert (row.n_examples, row.clean_acc, row.robust_acc) == (48, single.clean_acc, single.robust_acc)
 
 
@@ -298,15 +298,15 @@ def test_evaluation_never_runs_under_autocast(data: tuple[Data, Data]) -> None:
     and the numbers are the fp32 ones."""
     model = tiny_model()
     images, labels = data[1]
-    reference = evaluate(model, images, labels, "pgd10", 0.03, 32, 16, "cpu", checks=None)
+    reference = evaluate(model, (images, labels), "pgd10", EvalSettings(eps=0.03, n_examples=32, batch_size=16, device="cpu", checks=None))
     pgd10 = evaluate_pgd10(model, images[:32], labels[:32], 0.03, 0.01, 16, 0)
     probe = AutocastProbe(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.is_autocast_enabled("cpu")
-        inside = evaluate(model, images, labels, "pgd10", 0.03, 32, 16, "cpu", checks=None)
+        inside = evaluate(model, (images, labels), "pgd10", EvalSettings(eps=0.03, n_examples=32, batch_size=16, device="cpu", checks=None))
         assert evaluate_pgd10(model, images[:32], labels[:32], 0.03, 0.01, 16, 0) == pgd10
     assert probe.calls and not any(call[3] for call in probe.calls)
-    assert torch.equal(inside.robust_after["pgd10"], reference.robust_after["pgd10"])
+    assert torch.equal(inside.per_example.robust_after["pgd10"], reference.per_example.robust_after["pgd10"])
 
 
 @pytest.fixture

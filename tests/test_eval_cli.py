@@ -10,11 +10,12 @@ import torch.nn.functional as F
 
 import ssmbench
 from model_zoo import build_model, checkpoints
+from model_zoo.devices import resolve_device
 from ssmbench.attacks import predict
 from ssmbench.cli import main
 from ssmbench.cli.eval import default_examples
 from ssmbench.data import load_split
-from ssmbench.evaluate import default_device, evaluate
+from ssmbench.evaluate import EvalSettings, evaluate
 from ssmbench.leaderboard import read
 
 EPS = 8 / 255
@@ -47,7 +48,7 @@ def test_eval_of_a_checkpoint_appends_one_row_with_the_right_fields(run_dir, tmp
     (row,) = read(results)
     model = ssmbench.load(checkpoint)
     x, y = load_split("digits", "test")
-    reference = evaluate(model, x, y, "pgd10", EPS, n_examples=64, checks=None)
+    reference = evaluate(model, (x, y), "pgd10", EvalSettings(eps=EPS, n_examples=64, checks=None))
     assert (row.model, row.dataset, row.arch, row.ads, row.attention) == (str(checkpoint), "digits", "s4d", "none", False)
     assert (row.method, row.train_eps, row.checkpoint_kind) == ("pgd", pytest.approx(EPS), "best")
     assert row.checkpoint_sha256 == checkpoints.file_sha256(checkpoint)
@@ -55,7 +56,7 @@ def test_eval_of_a_checkpoint_appends_one_row_with_the_right_fields(run_dir, tmp
     assert row.clean_acc == pytest.approx((predict(model, x[:64]) == y[:64]).float().mean().item())
     assert row.robust_acc == pytest.approx(reference.robust_acc)
     assert row.per_attack == pytest.approx({"pgd10": reference.robust_acc})
-    assert (row.backend, row.backend_version, row.seed, row.device) == ("ssmbench", ssmbench.__version__, 0, str(default_device()))
+    assert (row.backend, row.backend_version, row.seed, row.device) == ("ssmbench", ssmbench.__version__, 0, str(resolve_device()))
     assert (row.ssmbench_version, row.torch_version) == (ssmbench.__version__, torch.__version__)
     assert isinstance(row.flags, tuple) and row.wall_seconds > 0
 

@@ -86,7 +86,7 @@ def evaluate_calls(monkeypatch) -> list[str]:
     real = eval_cli.evaluate
 
     def counted(*args, **kwargs):
-        calls.append(args[3])  # the suite
+        calls.append(args[2])  # the suite
         return real(*args, **kwargs)
 
     monkeypatch.setattr(eval_cli, "evaluate", counted)

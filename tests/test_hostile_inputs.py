@@ -370,7 +370,7 @@ def test_robustbench_export_never_writes_outside_out(dataset: str, tmp_path: Pat
 
 SHA = "0" * 64
 HOSTILE_ZOO = {
-    "path name": f'[models."../../../../tmp/x"]\nurl = "https://example.org/x"\nsha256 = "{SHA}"\n',
+    "path name": f'[models."../../../../tmp/ssmbench-zoo-escape-probe"]\nurl = "https://example.org/x"\nsha256 = "{SHA}"\n',
     "absolute file": f'[models.a]\nfile = "/etc/passwd"\nsha256 = "{SHA}"\n',
     "file escapes": f'[models.a]\nfile = "../../x.safetensors"\nsha256 = "{SHA}"\n',
     "file url": f'[models.a]\nurl = "file:///dev/zero"\nsha256 = "{SHA}"\n',
@@ -400,7 +400,7 @@ def test_hostile_zoo_entries_are_refused_before_any_write(
     assert main(["zoo", "add", str(checkpoint), "--name", "b", "--from-leaderboard", str(tmp_path / "none.parquet"),
                  "--zoo-file", str(zoo_file)]) == 2
     one_line_error(capsys)
-    assert files_under(tmp_path) == before and not Path("/tmp/x").exists()
+    assert files_under(tmp_path) == before and not Path("/tmp/ssmbench-zoo-escape-probe").exists()
 
 
 @pytest.fixture

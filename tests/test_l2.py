@@ -13,7 +13,7 @@ from model_zoo.training import perturb
 from ssmbench.attacks import PGD, AttackSettings, build_suite, predict
 from ssmbench.attacks.autoattack import AutoAttackPart
 from ssmbench.cli import main
-from ssmbench.evaluate import evaluate
+from ssmbench.evaluate import EvalSettings, evaluate
 
 EPS = 0.5  # L2 radius on 8x8 digits in [0, 1]: PGD-10 takes the standard-trained S4 from 89% to 12% (360 images)
 
@@ -74,7 +74,7 @@ def test_autoattack_l2_matches_the_official_code(weak_model, test_set):
 
 
 def test_evaluate_records_the_norm_and_the_markdown_splits_by_it(weak_model, test_set, tmp_path):
-    result = evaluate(weak_model, *test_set, "pgd10", EPS, n_examples=32, checks=None, norm="l2")
+    result = evaluate(weak_model, test_set, "pgd10", EvalSettings(eps=EPS, n_examples=32, checks=None, norm="l2"))
     assert result.threat_model == "L2"
     board = tmp_path / "board.parquet"
     for norm, eps in (("l2", "0.5"), ("linf", "8/255")):

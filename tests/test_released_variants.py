@@ -244,7 +244,7 @@ def test_leaderboard_rows_name_the_variant(tmp_path) -> None:
     """A released model's rows are their own family line: 's4 (released) + AdS (tanh)', not 's4'."""
     from model_zoo.checkpoints import CheckpointMeta, file_sha256, load, save
     from ssmbench.data import load_split
-    from ssmbench.evaluate import evaluate
+    from ssmbench.evaluate import EvalSettings, evaluate
     from ssmbench.leaderboard_render import family
     from ssmbench.records import result_row
 
@@ -254,6 +254,6 @@ def test_leaderboard_rows_name_the_variant(tmp_path) -> None:
     save(model, path, CheckpointMeta(model.config, training={"method": "pgd", "eps": 8 / 255}, kind="best"))
     loaded, meta = load(path)
     x, y = load_split("digits", "test")
-    row = result_row("r", str(path), meta, evaluate(loaded, x, y, "pgd10", 8 / 255, 4, checks=None, device="cpu"), file_sha256(path))
+    row = result_row("r", str(path), meta, evaluate(loaded, (x, y), "pgd10", EvalSettings(eps=8 / 255, n_examples=4, device="cpu", checks=None)), file_sha256(path))
     assert row.arch == "s4 (released)"
     assert family(row).label == "s4 (released) + AdS (tanh)"

@@ -21,7 +21,7 @@ from model_zoo.checkpoints import load
 from model_zoo.errors import RunError, UsageError
 from ssmbench.cli import main
 from ssmbench.data import load_split
-from ssmbench.evaluate import evaluate
+from ssmbench.evaluate import EvalSettings, evaluate
 from ssmbench.leaderboard import read
 from ssmbench.study import (
     Cell,
@@ -228,7 +228,7 @@ def test_a_killed_study_resumes_with_only_the_cells_it_had_not_finished(killed: 
     x, y = load_split("digits", "test")
     for row in rows:  # each recorded number against an evaluation of the checkpoint file itself
         model, _ = load(row.model)
-        reference = evaluate(model, x, y, "pgd10", 8 / 255, 32, device="cpu", checks=None)
+        reference = evaluate(model, (x, y), "pgd10", EvalSettings(eps=8 / 255, n_examples=32, device="cpu", checks=None))
         assert (row.n_examples, row.robust_acc) == (32, reference.robust_acc)
         with torch.no_grad():
             assert row.clean_acc == (model(x[:32]).argmax(1) == y[:32]).float().mean().item()
@@ -315,7 +315,7 @@ def test_a_failed_cell_is_recorded_and_the_study_goes_on(tmp_path: Path) -> None
     assert best.checkpoint_sha256 != last.checkpoint_sha256 and best.model != last.model
     model, _ = load(last.model)
     x, y = load_split("digits", "test")
-    reference = evaluate(model, x, y, "pgd10", 8 / 255, 32, device="cpu", checks=None)
+    reference = evaluate(model, (x, y), "pgd10", EvalSettings(eps=8 / 255, n_examples=32, device="cpu", checks=None))
     assert best.robust_acc == last.robust_acc == reference.robust_acc
     assert best.wall_seconds == last.wall_seconds  # the same evaluation, not a second one
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_zoo import build_model, checkpoints
+from model_zoo import build_model, files
 from model_zoo.checkpoints import load, read_meta
 from model_zoo.errors import RunError, UsageError
-from model_zoo.training import EpochRecord, TrainConfig, TrainObserver, history, read_history, seed_everything, train, trainer
+from model_zoo.training import EpochRecord, TrainConfig, TrainObserver, read_history, seed_everything, train, trainer
 from model_zoo.training.trainer import hold_out, indices_sha256
 from ssmbench.data import augment, load_split
 
@@ -227,7 +227,7 @@ class _KillAfterWrites:
         self.names: list[str] = []
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        real = checkpoints.atomic_write_bytes
+        real = files.atomic_write_bytes
 
         def write(path: Path, data: bytes) -> None:
             real(path, data)
@@ -235,8 +235,7 @@ class _KillAfterWrites:
             if len(self.names) == self.kill_after:
                 raise KeyboardInterrupt
 
-        monkeypatch.setattr(checkpoints, "atomic_write_bytes", write)
-        monkeypatch.setattr(history, "atomic_write_bytes", write)
+        monkeypatch.setattr(files, "atomic_write_bytes", write)
 
 
 def test_a_kill_between_any_two_writes_resumes_to_the_same_weights(

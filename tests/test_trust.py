@@ -313,20 +313,20 @@ def test_a_real_evaluation_records_its_outcomes_examples_and_checks(tmp_path: Pa
     from model_zoo.checkpoints import CheckpointMeta
     from ssmbench.checks import CheckConfig
     from ssmbench.data import load_split
-    from ssmbench.evaluate import evaluate
+    from ssmbench.evaluate import EvalSettings, evaluate
     from ssmbench.records import result_row
 
     torch.manual_seed(0)
     model = build_model("s4d", "digits", d_model=16, d_state=8, n_layers=1)
     x, y = load_split("digits", "test")
-    checked = evaluate(model, x, y, "pgd10", EPS, n_examples=24, checks=CheckConfig(n_examples=8), device="cpu")
-    unchecked = evaluate(model, x, y, "pgd10", EPS, n_examples=24, checks=None, device="cpu")
+    checked = evaluate(model, (x, y), "pgd10", EvalSettings(eps=EPS, n_examples=24, device="cpu", checks=CheckConfig(n_examples=8)))
+    unchecked = evaluate(model, (x, y), "pgd10", EvalSettings(eps=EPS, n_examples=24, device="cpu", checks=None))
     meta = CheckpointMeta(model.config, training={"method": "pgd", "eps": EPS, "selection": "val"}, kind="best", seed=3)
     first = result_row("r", "m", meta, checked, "0" * 64)
     assert first.checks_run == tuple(o.name for o in checked.checks) and first.check_examples == 8
     assert first.check_status in ("passed", "flagged") and first.check_status == ("flagged" if checked.flags else "passed")
-    assert np.array_equal(first.per_example.clean, checked.clean.numpy())
-    assert np.array_equal(first.per_example.robust, checked.robust.numpy())
+    assert np.array_equal(first.per_example.clean, checked.per_example.clean.numpy())
+    assert np.array_equal(first.per_example.robust, checked.per_example.robust.numpy())
     assert (first.labels_sha256, first.examples, first.split) == (labels_sha256(y[:24]), "first 24", "test")
     assert (first.selection, first.train_seed) == ("val", 3)
     second = result_row("r", "m", CheckpointMeta(model.config, training={"method": "pgd"}), unchecked, "0" * 64)

@@ -15,7 +15,7 @@ from model_zoo import build_model, checkpoints, zoo
 from model_zoo.errors import CheckpointError, UsageError
 from ssmbench.cli import main
 from ssmbench.data import load_split
-from ssmbench.evaluate import evaluate
+from ssmbench.evaluate import EvalSettings, evaluate
 from ssmbench.leaderboard import append, utc_now
 from ssmbench.records import result_row
 
@@ -87,7 +87,7 @@ def test_zoo_add_measures_copies_and_records_a_checkpoint(trained: Path, zoo_fil
     assert correct > 180  # the model learned something, so a wrong subset or model would show
     assert round(entry.metrics["clean_acc"] * 360) == correct  # exactly the same number of images right
     x, y = load_split("digits", "test")
-    assert entry.metrics["pgd10_acc"] == evaluate(model, x, y, "pgd10", 8 / 255, checks=None, device="cpu").robust_acc
+    assert entry.metrics["pgd10_acc"] == evaluate(model, (x, y), "pgd10", EvalSettings(eps=8 / 255, device="cpu", checks=None)).robust_acc
 
 
 def test_a_tampered_zoo_file_is_refused(trained: Path, zoo_file: Path) -> None:
@@ -122,7 +122,7 @@ def test_zoo_add_takes_the_numbers_from_the_leaderboard_and_replaces_an_entry(tr
     x, y = load_split("digits", "test")
     results = tmp_path / "results.parquet"
     sha256 = checkpoints.file_sha256(trained)
-    pgd = evaluate(model, x, y, "pgd10", 8 / 255, 100, checks=None, device="cpu")
+    pgd = evaluate(model, (x, y), "pgd10", EvalSettings(eps=8 / 255, n_examples=100, device="cpu", checks=None))
     older = result_row("old", str(trained), meta, pgd, sha256)
     # Rows with made-up accuracies drop their per-example outcomes, which would contradict them.
     unpaired = {"outcomes": b"", "outcome_attacks": ()}

@@ -24,12 +24,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 from model_zoo.errors import ZooError
 from model_zoo.layers.base import SSMMixer, log_dt_init, register_mixer
@@ -70,6 +70,12 @@ class _Tile:
     adjoint: torch.Tensor | None = None
     scratch: torch.Tensor | None = None
     adjoint_scan: ScanPlan | None = None
+
+    def backward_parts(self) -> tuple[torch.Tensor, torch.Tensor, ScanPlan]:
+        """(adjoint, scratch, adjoint scan): the buffers that only a backward pass's tiles hold."""
+        if self.adjoint is None or self.scratch is None or self.adjoint_scan is None:
+            raise RuntimeError("selective scan: a forward tile has no adjoint buffers")
+        return self.adjoint, self.scratch, self.adjoint_scan
 
 
 class _Tiles:
@@ -200,7 +206,8 @@ def _backward_blocks(
         for j in reversed(range(len(data.chunks))):
             t0, t1 = data.chunks[j]
             tile = tiles.get(data.tile_shape(rows, t0, t1))
-            decay, states, adjoint, scratch = tile.decay, tile.states, tile.adjoint, tile.scratch
+            decay, states = tile.decay, tile.states
+            adjoint, scratch, adjoint_scan = tile.backward_parts()
             h0 = starts[rows, j]
             data.fill(tile, rows, t0, t1, h0)
             tile.scan.run()
@@ -208,7 +215,7 @@ def _backward_blocks(
             gy = grad_y[rows, t0:t1]
             torch.mul(gy[..., None], data.c[rows, t0:t1, None, :], out=adjoint)
             adjoint[:, -1].add_(carry)
-            tile.adjoint_scan.run()
+            adjoint_scan.run()
             carry = decay[:, 0] * adjoint[:, 0]
             grads.dtu[rows, t0:t1] = _contract_state(adjoint, data.b[rows, t0:t1], scratch)
             grads.b[rows, t0:t1] = torch.matmul(data.dtu[rows, t0:t1, None, :], adjoint)[:, :, 0]
@@ -251,12 +258,12 @@ def _over_workers(work: Callable[[list[slice]], _R], blocks: list[slice], on_cpu
         torch.set_num_threads(threads)
 
 
-class _SelectiveScan(torch.autograd.Function):
+class _SelectiveScan(torch.autograd.Function):  # ctx is typed Any: autograd gives it the attributes set on it
     """y = C . h for the selective recurrence; see `selective_scan`."""
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, u: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+        ctx: Any, u: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
         chunk_size: int,
     ) -> torch.Tensor:
         data = _ScanInputs.prepare(u, dt, a, b, c, chunk_size)
@@ -270,7 +277,7 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         u, dt, a, b, c, starts = ctx.saved_tensors
         data = _ScanInputs.prepare(u, dt, a, b, c, ctx.chunk_size)
         grad_y = grad_y.contiguous()
@@ -278,7 +285,10 @@ class _SelectiveScan(torch.autograd.Function):
         need_a = ctx.needs_input_grad[2]
         work = partial(_backward_blocks, data, grad_y=grad_y, starts=starts, grads=grads, need_a=need_a)
         per_worker = _over_workers(work, data.blocks, data.u.is_cpu)
-        grad_a = sum(per_worker) if need_a else None
+        grad_a: torch.Tensor | None = None
+        for part in per_worker if need_a else []:  # each worker's share of dL/dA, added in worker order
+            assert part is not None  # a worker returns its share whenever need_a
+            grad_a = part if grad_a is None else grad_a + part
         grads.dt.addcmul_(grads.dtu, u)
         return grads.dtu * dt, grads.dt, grad_a, grads.b, grads.c, None
 

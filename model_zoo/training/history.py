@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model_zoo.checkpoints import atomic_write_bytes
+from model_zoo import files
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def write_history(records: list[EpochRecord], path: Path) -> None:
     table = pa.Table.from_pydict(columns, schema=HISTORY_SCHEMA)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    files.atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_history(path: Path) -> list[EpochRecord]:
@@ -103,4 +103,4 @@ def plot_curves(records: list[EpochRecord], path: Path, title: str = "") -> None
         figure.suptitle(title)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())
+    files.atomic_write_bytes(path, buffer.getvalue())

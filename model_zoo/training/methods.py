@@ -37,7 +37,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -318,11 +318,23 @@ def free_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodConte
         loss = F.cross_entropy(logits, y)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        delta = (delta.detach() + radius * delta.grad.sign()).clamp(-radius, radius)
+        assert delta.grad is not None  # delta requires grad and the loss depends on it
+        step = delta.detach() + radius * delta.grad.sign()
+        bound = torch.as_tensor(radius, dtype=step.dtype, device=step.device)  # a float or a per-channel scale
+        delta = step.clamp(-bound, bound)
         _apply_gradients(model, ctx)
         losses.append(loss.detach())
     ctx.state["freeat_delta"][: x.shape[0]] = delta
     return StepOutput(torch.stack(losses).mean(), x_adv.detach(), logits.detach())
+
+
+class _FirstLayer(Protocol):
+    """What YOPO attacks through: a SequenceClassifier, or the DataParallel wrapper that forwards to one."""
+
+    encoder: nn.Module
+    encoder_norm: nn.Module
+
+    def to_sequence(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 def yopo_first_layer(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -333,7 +345,8 @@ def yopo_first_layer(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     collapse to YOPO-m-1 with step n*alpha. With the norm, f0 is nonlinear yet still per-pixel
     (no sequence mixing), so an inner step costs a tiny fraction of a full pass.
     """
-    return model.encoder_norm(model.encoder(model.to_sequence(x)))
+    first = cast(_FirstLayer, model)  # yopo() checked that it has these
+    return first.encoder_norm(first.encoder(first.to_sequence(x)))
 
 
 @contextmanager
@@ -345,7 +358,7 @@ def _capture_first_layer(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         output.retain_grad()
         captured.append(output)
 
-    handle = model.encoder_norm.register_forward_hook(keep)
+    handle = cast(_FirstLayer, model).encoder_norm.register_forward_hook(keep)
     try:
         yield captured
     finally:
@@ -379,7 +392,9 @@ def yopo(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[
         losses.append(loss.detach())
         if outer == ctx.params.m - 1:
             break
-        p = captured[0].grad.detach()
+        first_grad = captured[0].grad  # retained by the hook
+        assert first_grad is not None
+        p = first_grad.detach()
         for _ in range(ctx.params.n):
             x_adv = x_adv.detach().requires_grad_(True)
             hamiltonian = (p * yopo_first_layer(model, x_adv)).sum()

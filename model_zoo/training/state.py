@@ -13,14 +13,14 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from model_zoo import checkpoints
+from model_zoo import files
 from model_zoo.classifier import SequenceClassifier
 from model_zoo.errors import UsageError
 from model_zoo.training import distributed
@@ -83,7 +83,7 @@ def save_state(
     if torch.cuda.is_available():
         generator_states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     _flatten("rng.", generator_states, tensors, complex_names)
-    numpy_state = np.random.get_state()
+    numpy_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))  # legacy=True: the tuple form
     document = {
         "format": STATE_FORMAT,
         "config": config.to_dict(),
@@ -97,7 +97,7 @@ def save_state(
         "python_rng": random.getstate(),
         "complex": complex_names,
     }
-    checkpoints.atomic_write_bytes(path, safetensors_bytes(tensors, metadata={STATE_KEY: json.dumps(document)}))
+    files.atomic_write_bytes(path, safetensors_bytes(tensors, metadata={STATE_KEY: json.dumps(document)}))
 
 
 # The JSON type of each part of a state document; an edited state is refused before it is used.

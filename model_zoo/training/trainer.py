@@ -288,6 +288,7 @@ def train(
         distributed.on_main(_write_epoch, setup, run, method_state, is_best, len(x_test), plot)
         last_plot = time.monotonic() if plot else last_plot
         setup.observer.on_epoch(record, is_best)
+    assert run.best is not None  # every run has at least one epoch, and the first is the best so far
     return TrainResult(best=run.best, last=run.history[-1], history=list(run.history), out_dir=out_dir)
 
 

@@ -54,12 +54,16 @@ class FlagAccuracies:
 
 @dataclass(frozen=True)
 class SuiteResult(FlagAccuracies):
-    """Per-example flags of one suite run; `robust_after[name]` holds the flags after that attack."""
+    """Per-example flags of one suite run; `robust_after[name]` holds the flags after that attack.
+
+    `x_adv` holds the point each example ended at, or None where only the flags were kept (an
+    evaluation keeps flags only, which is what lets it resume from a file).
+    """
 
     clean: torch.Tensor
     robust: torch.Tensor
     robust_after: dict[str, torch.Tensor]
-    x_adv: torch.Tensor
+    x_adv: torch.Tensor | None
     warnings: tuple[str, ...] = ()
 
 
@@ -100,7 +104,9 @@ class Suite(Attack):
         return SuiteResult(clean, robust, after, x_adv, tuple(warnings))
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.run(model, x, y).x_adv
+        x_adv = self.run(model, x, y).x_adv
+        assert x_adv is not None  # run() keeps the points
+        return x_adv
 
 
 SuiteFactory = Callable[[AttackSettings], tuple[Attack, ...]]

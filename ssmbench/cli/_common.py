@@ -11,7 +11,6 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -65,7 +64,6 @@ def progress_bar(out: Console = console, unit: str | None = "samples", decimals:
     return Progress(*columns, console=out, transient=True, disable=disable)
 
 
-DEVICE_TYPES = ("cpu", "cuda")
 
 
 def parse_fraction(text: str, name: str = "value", maximum: float | None = MAX_EPS) -> float:
@@ -92,21 +90,3 @@ def check_at_least(minimum: int, **values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value < minimum:
             raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
-
-
-def parse_device(name: str | None) -> torch.device:
-    """None or 'auto' -> cuda when available, else cpu; 'cpu', 'cuda', 'cuda:N' as given, checked."""
-    if name is None or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in DEVICE_TYPES or (device.type == "cpu" and device.index not in (None, 0)):
-        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: this torch build sees no CUDA device; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA device(s)")
-    return device

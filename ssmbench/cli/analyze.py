@@ -52,7 +52,7 @@ def analyze_command(
     table = Table(title=f"Change rate (after - before) / before, {title}, {checkpoint}", title_justify="left")
     for column in ("block", "component", *(f"{m.upper()} {s}" for m in analysis.METRICS for s in wanted)):
         table.add_column(column, justify="right")
-    rows = {}
+    rows: dict[tuple[int, str], dict[tuple[str, str], float]] = {}
     for c in changes:
         rows.setdefault((c.block, c.component), {})[(c.metric, c.split)] = c.change_rate
     for (block, component), rates in rows.items():

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 import typer
 from rich.table import Table
 
+from model_zoo.devices import resolve_device
 from model_zoo.errors import UsageError
 from ssmbench.cli._common import console
 
@@ -20,15 +21,7 @@ DEFAULT_RESULTS = Path("benchmarks") / "results"
 
 
 def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: this torch build sees no CUDA device; use cpu")
-    return str(device)
+    return str(resolve_device(name))
 
 
 def bench_command(
@@ -66,8 +59,9 @@ def bench_command(
     scale = "quick" if quick else "full"
     options = benchmarks.RunOptions(
         device=_device(device), threads=threads, memory_cap_mb=int(memory_cap_gb * 1024) if memory_cap_gb else None,
-        **({"baseline_commit": baseline_commit} if baseline_commit else {}),
     )
+    if baseline_commit:
+        options = dataclasses.replace(options, baseline_commit=baseline_commit)
     with console.status("starting...") as status:
 
         def show(case: str, side: str) -> None:

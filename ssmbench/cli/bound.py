@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from model_zoo.devices import resolve_device
 from ssmbench import bound_report
-from ssmbench.cli._common import check_at_least, check_seed, console, parse_device, parse_fraction
+from ssmbench.cli._common import check_at_least, check_seed, console, parse_fraction
 from ssmbench.cli._targets import first_test_examples, load_targets, target_name
 from ssmbench.stats import wilson
 
@@ -38,7 +39,7 @@ def bound_command(
     check_at_least(1, batch_size=batch_size)
     check_seed(seed)
     radius = parse_fraction(eps, "--eps")
-    where = parse_device(device)
+    where = resolve_device(device)
     ((name, model, meta),) = load_targets([target], where)
     images, labels = first_test_examples(meta.config.dataset, n_examples, data_dir, where)
     with console.status(f"PGD-10 and interval bound propagation on {len(images)} examples..."):

@@ -8,9 +8,10 @@ import typer
 from rich.progress import TaskID
 from rich.table import Table
 
+from model_zoo.devices import resolve_device
 from model_zoo.errors import UsageError
 from ssmbench import curves
-from ssmbench.cli._common import check_at_least, check_seed, console, parse_device, parse_fraction, progress_bar
+from ssmbench.cli._common import check_at_least, check_seed, console, parse_fraction, progress_bar
 from ssmbench.cli._targets import first_test_examples, load_targets
 from ssmbench.stats import wilson
 
@@ -57,7 +58,7 @@ def curve_command(
     check_at_least(1, batch_size=batch_size)
     check_seed(seed)
     grid = parse_eps_grid(eps)
-    where = parse_device(device)
+    where = resolve_device(device)
     loaded = load_targets(targets, where)
     images, labels = first_test_examples(loaded[0][2].config.dataset, n_examples, data_dir, where)
     rounds = curves.rounds_needed(len(grid)) * -(-len(images) // batch_size)

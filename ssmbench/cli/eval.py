@@ -9,15 +9,15 @@ and last.safetensors hold the same weights: the suite runs once and both rows re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import torch
 import typer
 from rich import box
 from rich.table import Table
@@ -25,6 +25,7 @@ from torch import nn
 
 from model_zoo.bounds import BOXES
 from model_zoo.checkpoints import CheckpointMeta, file_sha256, read_meta
+from model_zoo.devices import resolve_device
 from model_zoo.errors import RunError, UsageError
 from model_zoo.limits import MAX_EPS
 from model_zoo.training import distributed
@@ -33,8 +34,8 @@ from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES
 from ssmbench.byom import CONTRACT_FLAGS, build_user_model, is_callable_spec, load_weights, measure, parse_model_kwargs, user_row, weights_sha256
 from ssmbench.checks import FLAGS, CheckConfig
-from ssmbench.cli._common import LEADERBOARD_HELP, check_seed, console, leaderboard_path, parse_device, parse_fraction, progress_bar
-from ssmbench.evaluate import EvalResult, Progress, default_device, evaluate
+from ssmbench.cli._common import LEADERBOARD_HELP, check_seed, console, leaderboard_path, parse_fraction, progress_bar
+from ssmbench.evaluate import EvalResult, EvalSettings, Progress, evaluate
 from ssmbench.leaderboard import ResultRow, append_or_keep
 from ssmbench.leaderboard_render import with_interval
 from ssmbench.loading import load_with_meta, resolve_target
@@ -76,7 +77,7 @@ def _checkpoints(target: str) -> list[tuple[str, Path]]:
     return [(target, resolve_target(target))]
 
 
-def _state_path(state_dir: Path | None, sha256: str, key: dict[str, object]) -> Path | None:
+def _state_path(state_dir: Path | None, sha256: str, key: Mapping[str, object]) -> Path | None:
     if state_dir is None:
         return None
     digest = hashlib.sha256(json.dumps({"checkpoint": sha256, **key}, sort_keys=True).encode()).hexdigest()[:16]
@@ -91,8 +92,9 @@ def _interval_line(item: _Evaluated) -> str:
     """'best: clean 98.6 (96.8-99.4), robust 95.8 (93.2-97.4) % on 360; checks passed on 64 examples'."""
     result = item.result
     n = result.n_examples
+    flags_of = result.per_example
     clean, robust = (with_interval(acc, *wilson(int(flags.sum()), n)) for acc, flags in
-                     ((result.clean_acc, result.clean), (result.robust_acc, result.robust)))
+                     ((result.clean_acc, flags_of.clean), (result.robust_acc, flags_of.robust)))
     if result.flags:
         checks = f"flagged: {', '.join(result.flags)}"
     elif result.checks:
@@ -106,7 +108,7 @@ def _per_attack_line(item: _Evaluated) -> str:
     """'best, robust after each attack: pgd10 96.9 (89.3-99.1), apgd-ce ...': the table's columns with intervals."""
     result = item.result
     parts = (f"{name} {with_interval(flags.float().mean().item(), *wilson(int(flags.sum()), result.n_examples))}"
-             for name, flags in result.robust_after.items())
+             for name, flags in result.per_example.robust_after.items())
     return f"{_label(item)}, robust after each attack: {', '.join(parts)} %"
 
 
@@ -130,7 +132,7 @@ def _render(target: str, items: list[_Evaluated]) -> None:
     console.print(table)
     for item in items:
         console.print(_interval_line(item))
-        if len(item.result.robust_after) > 1:
+        if len(item.result.per_attack) > 1:
             console.print(_per_attack_line(item))
     for item in items:
         if item.shared_with:
@@ -195,11 +197,12 @@ def eval_command(
         if value is not None and value < 1:
             raise UsageError(f"{option} must be >= 1, got {value}")
     check_seed(seed)
-    device = None if device is None else str(parse_device(device))
     if box is not None:
         _choose(box, BOXES, "--box")
-    options = _Options(suite, radius, batch_size, device, backend, seed, version, CheckConfig(n_examples=check_examples) if checks else None, state_dir,
-                       compile_model, norm, box)
+    target_device = resolve_device(device)
+    settings = EvalSettings(eps=radius, batch_size=batch_size, device=target_device, backend=backend, version=version, seed=seed,
+                            checks=CheckConfig(n_examples=check_examples) if checks else None, norm=norm, box=box)
+    options = _Options(suite, settings, state_dir, compile_model)
     run_id = uuid.uuid4().hex[:12]
     if is_callable_spec(target):
         _eval_user_model(target, run_id, options, n_examples, data_dir, _UserModel(dataset, model_kwargs, weights, name),
@@ -212,7 +215,7 @@ def eval_command(
     evaluated: list[_Evaluated] = []
     rows: list[ResultRow] = []
     # Under torchrun every rank evaluates its share of the batches; "cuda" then means cuda:LOCAL_RANK.
-    with distributed.process_group(torch.device(device) if device is not None else default_device()):
+    with distributed.process_group(target_device):
         for label, path in _checkpoints(target):
             model, meta = load_with_meta(path)  # verifies the weights against their checksum
             tensors, sha256 = read_meta(path)[1]["tensors_sha256"], file_sha256(path)
@@ -271,15 +274,15 @@ def _eval_user_model(
     if options.compile:
         model.compile()
     arch = user.name or (spec + json.dumps(kwargs, sort_keys=True) if kwargs else spec)
-    with distributed.process_group(torch.device(options.device) if options.device is not None else default_device()):
-        key: dict[str, object] = {"target": spec, "kwargs": kwargs, "suite": options.suite, "version": options.version, "eps": options.eps,
-               "n": n_examples, "backend": options.backend, "seed": options.seed, "batch_size": options.batch_size,
-               **({"norm": options.norm} if options.norm != "linf" else {})}
+    common = options.settings
+    with distributed.process_group(resolve_device(common.device)):
+        key = {"target": spec, "kwargs": kwargs, "suite": options.suite, "version": common.version, "eps": common.eps,
+               "n": n_examples, "backend": common.backend, "seed": common.seed, "batch_size": common.batch_size,
+               **({"norm": common.norm} if common.norm != "linf" else {})}
+        settings = dataclasses.replace(common, n_examples=n_examples,
+                                       state_path=_state_path(options.state_dir, weights_sha256(model), key))
         measured = _with_progress(f"{spec} {options.suite}", lambda show: measure(
-            model, info.name, options.eps, options.suite, n_examples=n_examples, batch_size=options.batch_size,
-            device=options.device, backend=options.backend, seed=options.seed, version=options.version,
-            checks=options.checks, data_dir=data_dir, progress=show,
-            state_path=_state_path(options.state_dir, weights_sha256(model), key), norm=options.norm))
+            model, info.name, options.suite, settings, data_dir=data_dir, progress=show))
         if not distributed.current().is_main:
             return
     item = _Evaluated(spec, None, None, measured.result, measured.weights_sha256)
@@ -295,17 +298,9 @@ class _Options:
     """The evaluation settings shared by every checkpoint of one command."""
 
     suite: str
-    eps: float
-    batch_size: int
-    device: str | None
-    backend: str
-    seed: int
-    version: str
-    checks: CheckConfig | None
+    settings: EvalSettings  # without n_examples and state_path, which are per checkpoint
     state_dir: Path | None
     compile: bool = False
-    norm: str = "linf"
-    box: str | None = None
 
 
 def _evaluate_checkpoint(
@@ -322,15 +317,13 @@ def _evaluate_checkpoint(
     n = n_examples if n_examples is not None else default_examples(options.suite, len(images))
     if n > len(images):
         raise UsageError(f"--n-examples {n} exceeds the {len(images)} test images of {meta.config.dataset}")
-    key = {"suite": options.suite, "version": options.version, "eps": options.eps, "n": n, "backend": options.backend,
-           "seed": options.seed, "batch_size": options.batch_size, **({"norm": options.norm} if options.norm != "linf" else {}),
-           **({"box": options.box} if options.box else {})}
+    common = options.settings
+    key = {"suite": options.suite, "version": common.version, "eps": common.eps, "n": n, "backend": common.backend,
+           "seed": common.seed, "batch_size": common.batch_size, **({"norm": common.norm} if common.norm != "linf" else {}),
+           **({"box": common.box} if common.box else {})}
+    settings = dataclasses.replace(common, n_examples=n, state_path=_state_path(options.state_dir, sha256, key))
     label = f"{meta.kind or name} {options.suite}"
-    return _with_progress(label, lambda show: evaluate(
-        model, images, labels, options.suite, options.eps, n, options.batch_size, options.device, options.backend,
-        options.seed, show, version=options.version, checks=options.checks,
-        state_path=_state_path(options.state_dir, sha256, key), norm=options.norm, box=options.box,
-    ))
+    return _with_progress(label, lambda show: evaluate(model, (images, labels), options.suite, settings, progress=show))
 
 
 T = TypeVar("T")

@@ -31,7 +31,8 @@ ARCH_OPTION = typer.Option(None, "--arch", help="Only this architecture, e.g. s4
 METHOD_OPTION = typer.Option(None, "--method", help="Only this training method, e.g. pgd.")
 
 # Typer shows an Enum's values as the choices in --help and refuses others with exit code 2.
-ExportFormat = Enum("ExportFormat", {name: name for name in leaderboard.EXPORT_FORMATS}, type=str)
+# (mypy cannot see the members of an Enum built from a tuple; Typer and the tests can.)
+ExportFormat = Enum("ExportFormat", {name: name for name in leaderboard.EXPORT_FORMATS}, type=str)  # type: ignore[misc]
 
 
 @leaderboard_app.command("show")

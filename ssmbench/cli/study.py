@@ -6,6 +6,7 @@ with a rich observer, then prints the paper-style table and writes it to <out>/R
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,11 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from model_zoo.checkpoints import atomic_write_bytes
+from model_zoo.devices import resolve_device
 from model_zoo.errors import RunError, UsageError
+from model_zoo.files import atomic_write_bytes
 from model_zoo.training import EpochRecord
-from ssmbench.cli._common import console, parse_device, parse_fraction, progress_bar
+from ssmbench.cli._common import console, parse_fraction, progress_bar
 from ssmbench.home import HOME_ENV
 from ssmbench.study import (
     DONE,
@@ -48,7 +50,7 @@ class _RichObserver(StudyObserver):
         self.work = progress.add_task("", total=None, visible=False)
         self.counted: set[Cell] = set()
 
-    def on_study_start(self, cells: list[CellStatus], skipped: list[Skipped]) -> None:
+    def on_study_start(self, cells: Sequence[CellStatus], skipped: Sequence[Skipped]) -> None:
         self.counted = {s.cell for s in cells if s.status in (PENDING, RUNNING)}
         finished = len(cells) - len(self.counted)
         # The bar counts only the cells left to run, so its ETA is not skewed by instant skips.
@@ -92,7 +94,9 @@ class _RichObserver(StudyObserver):
         if outcome.ran:
             self.progress.advance(self.cells)
         elif outcome.cell in self.counted:  # finished or taken by another runner meanwhile
-            self.progress.update(self.cells, total=self.progress.tasks[self.cells].total - 1)
+            total = self.progress.tasks[self.cells].total
+            if total is not None:  # on_study_start set it
+                self.progress.update(self.cells, total=total - 1)
         if outcome.status == DONE:
             self.progress.console.print(f"  done in {outcome.seconds:.0f} s: {_summary(outcome)}; {len(outcome.rows)} rows in "
                                         f"{self.leaderboard}", markup=False, soft_wrap=True)
@@ -192,7 +196,7 @@ def study_command(
 
     Example: ssmbench study --dataset digits --models s4,dss --at st,pgd --ads none,tanh --epochs 5 --aa-examples 64
     """
-    device = None if device is None else str(parse_device(device))
+    device = None if device is None else str(resolve_device(device))
     grid = {"models": _split(models), "at": _split(at), "ads": _split(ads), "attention": attention}
     settings = {
         "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_examples": train_examples,

@@ -12,13 +12,14 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from model_zoo import build_model
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.config import ModelConfig
 from model_zoo.datasets import DEFAULT_DATASET, list_datasets
+from model_zoo.devices import resolve_device
 from model_zoo.errors import UsageError
 from model_zoo.training import (
     EpochRecord,
@@ -39,7 +40,7 @@ from model_zoo.training import (
 from model_zoo.training.config import PRECISIONS
 from model_zoo.training.trainer import resolve_precision
 from ssmbench import data
-from ssmbench.cli._common import console, parse_device, parse_fraction, progress_bar
+from ssmbench.cli._common import console, parse_fraction, progress_bar
 from ssmbench.cli._settings import fraction_setting, setting
 
 
@@ -48,7 +49,7 @@ class _RichObserver(TrainObserver):
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
-        self.task: int | None = None
+        self.task: TaskID | None = None
 
     def on_epoch_start(self, epoch: int, epochs: int, samples: int) -> None:
         if self.task is not None:
@@ -56,10 +57,12 @@ class _RichObserver(TrainObserver):
         self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=samples)
 
     def on_batch(self, done: int, total: int, samples: int) -> None:
-        self.progress.update(self.task, completed=done)
+        if self.task is not None:
+            self.progress.update(self.task, completed=done)
 
     def on_eval_start(self, epoch: int, examples: int) -> None:
-        self.progress.update(self.task, description=f"epoch {epoch} eval ({examples} test images, PGD-10)")
+        if self.task is not None:
+            self.progress.update(self.task, description=f"epoch {epoch} eval ({examples} test images, PGD-10)")
 
     def on_epoch(self, record: EpochRecord, is_best: bool) -> None:
         self.progress.console.print(
@@ -146,7 +149,7 @@ def train_command(
         freeat_m=freeat_m, freeat_full_epochs=freeat_full_epochs, yopo_m=yopo_m, yopo_n=yopo_n,
         eval_examples=eval_examples, train_examples=train_examples, val_examples=val_examples, seed=seed, grad_clip=grad_clip, precision=precision,
     ).resolved(dataset)
-    with distributed.process_group(parse_device(device)) as target:
+    with distributed.process_group(resolve_device(device)) as target:
         resolve_precision(precision, target)  # refuse bf16 on a CPU before loading anything
         workers = distributed.current()
         say = console if workers.is_main else Console(quiet=True)

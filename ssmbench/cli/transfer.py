@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from model_zoo.devices import resolve_device
 from model_zoo.errors import UsageError
 from ssmbench import transfer
-from ssmbench.cli._common import check_at_least, check_seed, console, parse_device, parse_fraction, progress_bar
+from ssmbench.cli._common import check_at_least, check_seed, console, parse_fraction, progress_bar
 from ssmbench.cli._targets import first_test_examples, load_targets
 from ssmbench.stats import wilson
 
@@ -34,7 +35,7 @@ def transfer_command(
     check_at_least(1, batch_size=batch_size)
     check_seed(seed)
     radius = parse_fraction(eps, "--eps")
-    where = parse_device(device)
+    where = resolve_device(device)
     loaded = load_targets(targets, where)
     images, labels = first_test_examples(loaded[0][2].config.dataset, n_examples, data_dir, where)
     models = [(name, model) for name, model, _ in loaded]

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import typer
 from rich import box
+from rich.progress import TaskID
 from rich.table import Table
 
 from model_zoo import zoo
 from model_zoo.ads import ADS_CHOICES
 from model_zoo.checkpoints import file_sha256, load, read_meta, stored_values
 from model_zoo.datasets import list_datasets
+from model_zoo.devices import resolve_device
 from model_zoo.errors import RunError, UsageError
 from model_zoo.labels import method_label
 from model_zoo.layers import get_mixer
@@ -21,8 +23,8 @@ from model_zoo.registry import list_models
 from ssmbench import data
 from ssmbench.attacks import BACKENDS
 from ssmbench.checks import FLAGS, CheckConfig
-from ssmbench.cli._common import console, parse_device, parse_fraction, progress_bar
-from ssmbench.evaluate import EvalResult, evaluate
+from ssmbench.cli._common import console, parse_fraction, progress_bar
+from ssmbench.evaluate import EvalResult, EvalSettings, evaluate
 from ssmbench.leaderboard import read
 from ssmbench.leaderboard_render import with_interval
 from ssmbench.loading import resolve_target
@@ -136,12 +138,13 @@ def _measure(
         for suite, n in (("pgd10", len(images)), ("autoattack", min(aa_examples, len(images)))):
             task = bar.add_task(suite, total=n)
 
-            def show(done: int, total: int, attack: str, task: int = task, suite: str = suite) -> None:
+            def show(done: int, total: int, attack: str, task: TaskID = task, suite: str = suite) -> None:
                 bar.update(task, completed=done, description=suite + (f" ({attack})" if attack else ""))
 
             try:
-                results[suite] = evaluate(model, images, labels, suite, eps, n, batch_size, device, backend, progress=show,
-                                          checks=CheckConfig() if checks else None)
+                settings = EvalSettings(eps=eps, n_examples=n, batch_size=batch_size, device=device, backend=backend,
+                                        checks=CheckConfig() if checks else None)
+                results[suite] = evaluate(model, (images, labels), suite, settings, progress=show)
             except RunError:
                 raise
             except RuntimeError as exc:  # a torch failure inside an attack (e.g. out of memory)
@@ -176,7 +179,7 @@ def add_command(
     if aa_examples < 1 or batch_size < 1:
         raise UsageError(f"--aa-examples and --batch-size must be >= 1, got {aa_examples} and {batch_size}")
     radius = parse_fraction(eps, "--eps")
-    device = None if device is None else str(parse_device(device))
+    device = None if device is None else str(resolve_device(device))
     if not checkpoint.is_file():
         raise UsageError(f"{checkpoint}: no such checkpoint file")
     if from_leaderboard is not None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import importlib
-import os
 import pickle
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from model_zoo.files import atomic_write_bytes
 from ssmbench.datasets import DataError
 from ssmbench.datasets.download import Remote, ensure_files, missing_message, verify
 
@@ -84,13 +83,7 @@ def extract(archive: Path, folder: Path) -> None:
                 source = tar.extractfile(member) if member.isfile() else None
                 if source is None:
                     raise DataError(f"{archive}: {FOLDER}/{name} is not a regular file")
-                handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-                try:
-                    with os.fdopen(handle, "wb") as out:
-                        out.write(source.read())
-                    os.replace(tmp, folder / name)
-                finally:
-                    Path(tmp).unlink(missing_ok=True)
+                atomic_write_bytes(folder / name, source.read())
     except (tarfile.TarError, KeyError, EOFError, OSError) as err:
         reason = f"cannot extract the CIFAR-10 batches ({err}); delete it and fetch it again"
         raise DataError(f"{archive}: {reason}") from err

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
+from typing import BinaryIO
 
+from model_zoo.files import atomic_writer
 from model_zoo.limits import DOWNLOAD_TIMEOUT_S, MAX_DOWNLOAD_BYTES
 from ssmbench import __version__
 from ssmbench.datasets import DataError
@@ -48,14 +48,14 @@ def verify(path: Path, md5: str) -> None:
         raise DataError(f"{path}: checksum mismatch (md5 {actual}, expected {md5}); delete it and fetch it again")
 
 
-def _stream(url: str, handle: int) -> str:
-    """Copy `url` into the open file `handle` and return the md5 of what was written.
+def _stream(url: str, out: BinaryIO) -> str:
+    """Copy `url` into the open binary file `out` and return the md5 of what was written.
 
     Capped in size and in total time, so a wrong or hostile mirror cannot fill the disk or hang.
     """
     digest, size, start = hashlib.md5(usedforsecurity=False), 0, time.monotonic()
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    with os.fdopen(handle, "wb") as out, urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
         while chunk := response.read(_CHUNK):
             size += len(chunk)
             if size > MAX_DOWNLOAD_BYTES or time.monotonic() - start > DOWNLOAD_TIMEOUT_S:
@@ -68,22 +68,17 @@ def _stream(url: str, handle: int) -> str:
 def download_verified(url: str, dest: Path, md5: str) -> Path:
     """Fetch `url` to `dest` only if its md5 matches.
 
-    The bytes go to a temporary file beside `dest` and are renamed into place after the check, so
-    an interrupted or tampered download never leaves a file that a later run would trust.
+    The bytes go to a temporary file beside `dest` and are renamed into place after the check
+    (`atomic_writer`), so an interrupted or tampered download never leaves a file that a later run
+    would trust.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+    with atomic_writer(dest) as out:
         try:
-            actual = _stream(url, handle)
+            actual = _stream(url, out)
         except (OSError, HTTPException, ValueError) as err:  # ValueError: a malformed URL
             raise DataError(f"could not download {url}: {err}") from err
         if actual != md5:
             raise DataError(f"{url}: checksum mismatch (md5 {actual}, expected {md5}); file discarded")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

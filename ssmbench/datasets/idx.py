@@ -80,9 +80,10 @@ def find_idx(directory: Path, filename: str) -> Path | None:
 
 def read_idx_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (N, 1, H, W), labels (N,)) of one split from the IDX pair in `directory`."""
-    paths = [find_idx(directory, name) for name in split_filenames(split)]
-    if None in paths:
-        absent = [name for name, path in zip(split_filenames(split), paths) if path is None]
+    found = [find_idx(directory, name) for name in split_filenames(split)]
+    paths = [path for path in found if path is not None]
+    if len(paths) != len(found):
+        absent = [name for name, path in zip(split_filenames(split), found) if path is None]
         raise DataError(missing_message("IDX", directory, absent, "put the files there"))
     images, labels = (read_idx(path) for path in paths)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):

@@ -50,7 +50,7 @@ def class_ids(folder: Path, n_classes: int) -> list[str]:
 
 
 def _train_items(folder: Path, wnids: list[str]) -> list[tuple[Path, int]]:
-    items = []
+    items: list[tuple[Path, int]] = []
     for label, wnid in enumerate(wnids):
         files = sorted((folder / "train" / wnid / "images").glob("*.JPEG"))
         if not files:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from model_zoo.checkpoints import atomic_write_bytes
 from model_zoo.errors import UsageError
+from model_zoo.files import atomic_write_bytes
 from model_zoo.training.history import read_history
 from ssmbench import stats
 from ssmbench.leaderboard import ResultRow

@@ -110,9 +110,9 @@ class StudyConfig:
             if value not in choices:
                 raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
         check_seeds("seeds", self.seeds)
-        for option, value in (("aa_examples", self.aa_examples), ("eval_batch_size", self.eval_batch_size)):
-            if value < 1:
-                raise UsageError(f"{option} must be >= 1, got {value}")
+        for option, count in (("aa_examples", self.aa_examples), ("eval_batch_size", self.eval_batch_size)):
+            if count < 1:
+                raise UsageError(f"{option} must be >= 1, got {count}")
         _check_overrides("[study.model]", {k: v for k, v in self.model.items() if k not in list_models()})
         for arch in sorted(set(self.model) & set(list_models())):
             if not isinstance(self.model[arch], dict):

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,13 +18,15 @@ from typing import Any
 import torch
 
 from model_zoo import build_model
-from model_zoo.checkpoints import CheckpointMeta, atomic_write_bytes, file_sha256, load, read_meta
+from model_zoo.checkpoints import CheckpointMeta, file_sha256, load, read_meta
+from model_zoo.devices import resolve_device
 from model_zoo.errors import RunError, UsageError
+from model_zoo.files import atomic_write_bytes, file_lock
 from model_zoo.training import TrainObserver, read_history, seed_everything, train
 from model_zoo.training.trainer import BEST, LAST, STATE
 from ssmbench import data
 from ssmbench.checks import CheckConfig
-from ssmbench.evaluate import EvalResult, evaluate
+from ssmbench.evaluate import EvalResult, EvalSettings, evaluate
 from ssmbench.leaderboard import LeaderboardError, ResultRow, append_or_keep, read
 from ssmbench.records import result_row
 from ssmbench.study.config import StudyConfig
@@ -143,16 +143,8 @@ class StudyReport:
 def _cell_lock(run_dir: Path) -> Iterator[bool]:
     """Try to hold the cell's lock without waiting; yields whether it is ours."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    with file_lock(run_dir / LOCK, wait=False) as acquired:
+        yield acquired
 
 
 @dataclass(frozen=True)
@@ -172,7 +164,7 @@ def run_study(
 ) -> StudyReport:
     """Run every cell of the (sharded) grid that is neither done nor held by another process."""
     observer = observer or StudyObserver()
-    target = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    target = resolve_device(device)
     cells, skipped = expand(config)
     selected = select(cells, shard)
     observer.on_study_start([status(config, cell) for cell in selected], skipped)
@@ -274,11 +266,13 @@ def _evaluate(
             observer.on_eval(cell, kind, suite, done, total, attack)
 
         try:
-            results.append(evaluate(
-                model, images, labels, suite, config.train.threat.eps, n, config.eval_batch_size, device, config.backend,
-                cell.seed, progress, version=config.aa_version, checks=CheckConfig() if config.checks else None,
+            settings = EvalSettings(
+                eps=config.train.threat.eps, n_examples=n, batch_size=config.eval_batch_size, device=device,
+                backend=config.backend, version=config.aa_version, seed=cell.seed,
+                checks=CheckConfig() if config.checks else None,
                 state_path=path.parent / f"eval-{kind}-{suite}.json",
-            ))
+            )
+            results.append(evaluate(model, (images, labels), suite, settings, progress=progress))
         except RunError:
             raise
         except RuntimeError as exc:  # a torch failure inside an attack (e.g. out of memory) fails the cell
