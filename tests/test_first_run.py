@@ -188,4 +188,6 @@ def test_studies_that_own_a_published_file_name_it_and_others_default_to_the_use
         "digits.toml": Path("leaderboards/results.parquet"),
         "fashion-mnist.toml": Path("leaderboards/results.parquet"),
         "smoke.toml": Path("runs/study-smoke/results.parquet"),
+        "timeseries-basicmotions.toml": Path("runs/study-timeseries-basicmotions/results.parquet"),
+        "timeseries-gunpoint.toml": Path("runs/study-timeseries-gunpoint/results.parquet"),
     }

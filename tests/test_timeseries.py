@@ -24,6 +24,7 @@ from ssmbench.attacks.autoattack import AutoAttackPart
 from ssmbench.attacks.unit_view import UnitView, fold
 from ssmbench.cli import main
 from ssmbench.datasets import DataError
+from ssmbench.evaluate import EvalSettings
 from ssmbench.evaluate import evaluate as ssmbench_evaluate
 from ssmbench.timeseries import SERIES, parse_ts, resample
 
@@ -286,10 +287,10 @@ def test_autoattack_parts_work_on_sequences_within_the_relative_ball(trained_gun
 
 def test_pgd10_suite_on_sequences_records_the_relative_threat_model(trained_gunpoint) -> None:
     model, x, y = trained_gunpoint
-    result = ssmbench_evaluate(model, x, y, "pgd10", 0.5, checks=None, device="cpu")
+    result = ssmbench_evaluate(model, (x, y), "pgd10", EvalSettings(eps=0.5, checks=None, device="cpu"))
     assert result.threat_model == "Linf-std" and result.n_examples == 24
     assert result.robust_acc < result.clean_acc
-    observed = ssmbench_evaluate(model, x, y, "pgd10", 0.5, checks=None, device="cpu", box="observed")
+    observed = ssmbench_evaluate(model, (x, y), "pgd10", EvalSettings(eps=0.5, checks=None, device="cpu", box="observed"))
     assert observed.threat_model == "Linf-std-observed"
     with pytest.raises(UsageError, match="does not apply to sequences"):
-        ssmbench_evaluate(model, x, y, "pgd10", 0.5, checks=None, device="cpu", box="unit")
+        ssmbench_evaluate(model, (x, y), "pgd10", EvalSettings(eps=0.5, checks=None, device="cpu", box="unit"))
