@@ -26,7 +26,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +71,21 @@ class EvalSettings:
     choice (sequences: "none", the default, or "observed"); the result's threat_model names it.
     """
 
-    eps: float = 8 / 255
+    eps: float = field(default=8 / 255, metadata={"help": (
+        "Radius of the threat model's ball: on [0, 1] images, e.g. 8/255 (Linf) or 0.5 (L2); "
+        "on sequences, in training standard deviations per channel, e.g. 0.1.")})
     n_examples: int | None = None
-    batch_size: int = 256
+    batch_size: int = field(default=256, metadata={"help": "Examples per batch; each batch runs the whole suite."})
     device: str | torch.device | None = None  # None or 'auto': CUDA when present (model_zoo.devices)
-    backend: str = "official"
-    version: str = "standard"
-    seed: int = 0
+    backend: str = field(default="official", metadata={"help": (
+        "AutoAttack implementation: official (the authors' code, pyautoattack) | torchattacks "
+        "(its reimplementation, run with the same 100-iteration, 9-target budget).")})
+    version: str = field(default="standard", metadata={"help": "AutoAttack version: standard | plus | rand (rand for randomized models)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the attacks' random starts."})
     checks: CheckConfig | None = CheckConfig()
     state_path: str | Path | None = None
-    norm: str = "linf"
+    norm: str = field(default="linf", metadata={"help": (
+        "Threat model's norm: linf | l2 (L2 PGD steps 2.5 eps / 10; AutoAttack's L2 version in both backends).")})
     box: str | None = None
 
     def __post_init__(self) -> None:

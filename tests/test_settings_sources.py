@@ -167,3 +167,17 @@ def test_committed_leaderboards_render_to_their_committed_markdown(results: Path
 
 def test_the_leaderboards_are_there_to_render() -> None:
     assert {p.stem for p in LEADERBOARDS} >= {"results"}
+
+
+def test_eval_cli_defaults_are_the_eval_settings_defaults() -> None:
+    """`ssmbench eval`'s threat-model and suite options default to EvalSettings' fields, the
+    defaults `evaluate()` and `ssmbench.benchmark` use, with the same help text."""
+    from model_zoo.training.settings import help_text
+    from ssmbench.evaluate import EvalSettings
+
+    params = cli_params("eval")
+    defaults = EvalSettings()
+    assert float(Fraction(params["eps"].default)) == defaults.eps
+    for name in ("norm", "backend", "batch_size", "version", "seed"):
+        assert params[name].default == getattr(defaults, name), name
+        assert params[name].help == help_text(EvalSettings, name), name

@@ -35,6 +35,7 @@ from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES
 from ssmbench.byom import CONTRACT_FLAGS, build_user_model, is_callable_spec, load_weights, measure, parse_model_kwargs, user_row, weights_sha256
 from ssmbench.checks import FLAGS, CheckConfig
 from ssmbench.cli._common import LEADERBOARD_HELP, check_seed, console, leaderboard_path, parse_fraction, progress_bar
+from ssmbench.cli._settings import fraction_setting, setting
 from ssmbench.evaluate import EvalResult, EvalSettings, Progress, evaluate
 from ssmbench.leaderboard import ResultRow, append_or_keep
 from ssmbench.leaderboard_render import with_interval
@@ -156,18 +157,18 @@ def eval_command(
     target: str = typer.Argument(..., help="A .safetensors checkpoint, a zoo name, a run directory (then best and last are evaluated and Diff = best - last is shown), or your own model as module:callable (returns an nn.Module; needs --dataset)."),
     attack: str = typer.Option("pgd10", "--attack", help=f"Attack suite: {' | '.join(SUITES)} (all = pgd10, then AutoAttack on what PGD-10 left standing)."),
     n_examples: int = typer.Option(None, help=f"Evaluate the first N test images. Default, the paper's protocol: {AUTOATTACK_EXAMPLES} (or the whole split if smaller) for autoattack and all, the whole test set for pgd10."),
-    eps: str = typer.Option("8/255", help="Radius of the threat model's ball: on [0, 1] images, e.g. 8/255 (Linf) or 0.5 (L2); on sequences, in training standard deviations per channel, e.g. 0.1."),
-    norm: str = typer.Option("linf", help=f"Threat model's norm: {' | '.join(NORMS)} (L2 PGD steps 2.5 eps / 10; AutoAttack's L2 version in both backends)."),
+    eps: str = fraction_setting(EvalSettings, "eps"),
+    norm: str = setting(EvalSettings, "norm"),
     box: str = typer.Option(None, help="Input box of a sequence model: none (default: no box, eps-ball only) | observed (also stay in the training split's range). Images always use [0, 1]."),
-    backend: str = typer.Option("official", help="AutoAttack implementation: official (the authors' code, pyautoattack) | torchattacks (its reimplementation, run with the same 100-iteration, 9-target budget)."),
-    batch_size: int = typer.Option(256, help="Examples per batch; each batch runs the whole suite."),
-    version: str = typer.Option("standard", help="AutoAttack version: standard | plus | rand (rand for randomized models)."),
+    backend: str = setting(EvalSettings, "backend"),
+    batch_size: int = setting(EvalSettings, "batch_size"),
+    version: str = setting(EvalSettings, "version"),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA or ~/.cache/ssmbench/data)."),
     checks: bool = typer.Option(True, "--checks/--no-checks", help="Run the gradient-masking sanity checks and record their flags."),
     check_examples: int = typer.Option(CheckConfig.n_examples, help="How many of the evaluated examples the sanity checks use."),
     leaderboard: Path = typer.Option(None, "--leaderboard", help=f"Where one row per checkpoint is appended. {LEADERBOARD_HELP}"),
     no_leaderboard: bool = typer.Option(False, "--no-leaderboard", help="Do not record the results."),
-    seed: int = typer.Option(0, help="Seed of the attacks' random starts."),
+    seed: int = setting(EvalSettings, "seed"),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     state_dir: Path = typer.Option(None, help="Keep finished batches here; rerunning the same command after an interruption resumes."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model first (pays off on long GPU runs; on a CPU compiling takes minutes)."),
