@@ -181,3 +181,13 @@ def test_eval_cli_defaults_are_the_eval_settings_defaults() -> None:
     for name in ("norm", "backend", "batch_size", "version", "seed"):
         assert params[name].default == getattr(defaults, name), name
         assert params[name].help == help_text(EvalSettings, name), name
+
+
+@pytest.mark.parametrize(("command", "names"), [("analyze", ["eps"]), ("bound", ["eps"]), ("transfer", ["eps", "batch_size"]), ("curve", ["batch_size"])])
+def test_other_commands_take_the_evaluation_defaults(command: str, names: list[str]) -> None:
+    from ssmbench.evaluate import EvalSettings
+
+    params, defaults = cli_params(command), EvalSettings()
+    for name in names:
+        value = params[name].default
+        assert (float(Fraction(value)) if name == "eps" else value) == getattr(defaults, name), (command, name)

@@ -32,6 +32,10 @@ def setting(cls: type, name: str, *declarations: str, **options: Any) -> Any:
 def fraction_setting(cls: type, name: str) -> Any:
     """A float field typed as a fraction: its default shown as e.g. '8/255' (parse with parse_fraction);
     a field whose default is None (resolved by its dataclass, e.g. alpha from the norm) stays None."""
+    return typer.Option(fraction_default(cls, name), help=help_text(cls, name))
+
+
+def fraction_default(cls: type, name: str) -> str | None:
+    """The field's default as the fraction the CLI shows and parses ('8/255'); None stays None."""
     value = default(cls, name)
-    text = None if value is None else str(Fraction(value).limit_denominator(FRACTION_DENOMINATOR))
-    return typer.Option(text, help=help_text(cls, name))
+    return None if value is None else str(Fraction(value).limit_denominator(FRACTION_DENOMINATOR))

@@ -10,14 +10,16 @@ from rich.table import Table
 from model_zoo.labels import run_title
 from ssmbench import analysis
 from ssmbench.cli._common import check_at_least, check_seed, console, parse_fraction
+from ssmbench.cli._settings import fraction_default
 from ssmbench.data import load_split
+from ssmbench.evaluate import EvalSettings
 from ssmbench.loading import load_with_meta, resolve_target
 
 
 def analyze_command(
     target: str = typer.Argument(..., help="A checkpoint, a zoo name, or a run directory (its best.safetensors)."),
     n_examples: int = typer.Option(256, help="Examples per split (the first N, fixed order)."),
-    eps: str = typer.Option("8/255", help="Linf radius of the PGD-10 attack."),
+    eps: str = typer.Option(fraction_default(EvalSettings, "eps"), help="Linf radius of the PGD-10 attack."),
     steps: int = typer.Option(10, help="PGD steps."),
     splits: str = typer.Option("train,test", help="Comma-separated splits to analyse."),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA)."),

@@ -10,7 +10,9 @@ from rich.table import Table
 from model_zoo.devices import resolve_device
 from ssmbench import bound_report
 from ssmbench.cli._common import check_at_least, check_seed, console, parse_fraction
+from ssmbench.cli._settings import fraction_default
 from ssmbench.cli._targets import first_test_examples, load_targets, target_name
+from ssmbench.evaluate import EvalSettings
 from ssmbench.stats import wilson
 
 
@@ -22,7 +24,7 @@ def _number(value: float | None) -> str:
 
 def bound_command(
     target: str = typer.Argument(..., help="A checkpoint or a zoo name."),
-    eps: str = typer.Option("8/255", help="Linf radius on [0, 1] images, e.g. 8/255 or 0.03."),
+    eps: str = typer.Option(fraction_default(EvalSettings, "eps"), help="Linf radius on [0, 1] images, e.g. 8/255 or 0.03."),
     n_examples: int = typer.Option(None, help="The first N test images (default: the whole test split)."),
     batch_size: int = typer.Option(128, help="Examples per batch."),
     seed: int = typer.Option(0, help="Seed of PGD's random start (the measured side)."),

@@ -12,7 +12,9 @@ from model_zoo.devices import resolve_device
 from model_zoo.errors import UsageError
 from ssmbench import curves
 from ssmbench.cli._common import check_at_least, check_seed, console, parse_fraction, progress_bar
+from ssmbench.cli._settings import default
 from ssmbench.cli._targets import first_test_examples, load_targets
+from ssmbench.evaluate import EvalSettings
 from ssmbench.stats import wilson
 
 MAX_GRID = 257  # 9 bisection rounds; a finer grid than 1/255 steps up to 1 buys nothing on images
@@ -44,7 +46,7 @@ def curve_command(
     targets: list[str] = typer.Argument(..., help="Checkpoints or zoo names, all of one dataset."),
     eps: str = typer.Option("0:16/255:17", help="Linf radii: a list 0,2/255,4/255 or a range START:STOP:COUNT."),
     n_examples: int = typer.Option(None, help="The first N test images (default: the whole test split)."),
-    batch_size: int = typer.Option(256, help="Examples per batch; each batch is searched on its own."),
+    batch_size: int = typer.Option(default(EvalSettings, "batch_size"), help="Examples per batch; each batch is searched on its own."),
     seed: int = typer.Option(0, help="Seed of PGD's random starts."),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA or ~/.cache/ssmbench/data)."),
     out: Path = typer.Option(Path("runs/curve"), help="Output folder: curve.parquet, min_eps.parquet, curve.png."),

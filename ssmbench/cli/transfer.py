@@ -11,15 +11,17 @@ from model_zoo.devices import resolve_device
 from model_zoo.errors import UsageError
 from ssmbench import transfer
 from ssmbench.cli._common import check_at_least, check_seed, console, parse_fraction, progress_bar
+from ssmbench.cli._settings import default, fraction_default
 from ssmbench.cli._targets import first_test_examples, load_targets
+from ssmbench.evaluate import EvalSettings
 from ssmbench.stats import wilson
 
 
 def transfer_command(
     targets: list[str] = typer.Argument(..., help="Two or more checkpoints or zoo names, all of one dataset; each is a source and a target."),
-    eps: str = typer.Option("8/255", help="Linf radius on [0, 1] images, e.g. 8/255 or 0.03."),
+    eps: str = typer.Option(fraction_default(EvalSettings, "eps"), help="Linf radius on [0, 1] images, e.g. 8/255 or 0.03."),
     n_examples: int = typer.Option(None, help="The first N test images (default: the whole test split)."),
-    batch_size: int = typer.Option(256, help="Examples per batch (the diagonal equals `eval --attack pgd10` with the same batch size and seed)."),
+    batch_size: int = typer.Option(default(EvalSettings, "batch_size"), help="Examples per batch (the diagonal equals `eval --attack pgd10` with the same batch size and seed)."),
     seed: int = typer.Option(0, help="Seed of PGD's random starts."),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA or ~/.cache/ssmbench/data)."),
     out: Path = typer.Option(Path("runs/transfer"), help="Output folder: transfer.parquet and transfer.png."),

@@ -24,6 +24,7 @@ from ssmbench import data
 from ssmbench.attacks import BACKENDS
 from ssmbench.checks import FLAGS, CheckConfig
 from ssmbench.cli._common import console, parse_fraction, progress_bar
+from ssmbench.cli._settings import default, fraction_default
 from ssmbench.evaluate import EvalResult, EvalSettings, evaluate
 from ssmbench.leaderboard import read
 from ssmbench.leaderboard_render import with_interval
@@ -159,9 +160,9 @@ def add_command(
     description: str = typer.Option("", help="One line for `zoo list` (default: architecture, method, dataset, checkpoint)."),
     aa_examples: int = typer.Option(2000, help="AutoAttack on the first N test images (capped at the split); clean and PGD-10 use the whole split."),
     from_leaderboard: Path = typer.Option(None, help="Take the numbers from this results file (the newest pgd10 and autoattack rows of this exact file, by sha256) instead of evaluating."),
-    eps: str = typer.Option("8/255", help="Linf radius of the evaluation, e.g. 8/255."),
-    backend: str = typer.Option("official", help=f"AutoAttack code: {' | '.join(BACKENDS)}."),
-    batch_size: int = typer.Option(256, help="Evaluation batch size."),
+    eps: str = typer.Option(fraction_default(EvalSettings, "eps"), help="Linf radius of the evaluation, e.g. 8/255."),
+    backend: str = typer.Option(default(EvalSettings, "backend"), help=f"AutoAttack code: {' | '.join(BACKENDS)}."),
+    batch_size: int = typer.Option(default(EvalSettings, "batch_size"), help="Evaluation batch size."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA)."),
     checks: bool = typer.Option(True, "--checks/--no-checks", help="Run the gradient-masking sanity checks and show their flags."),
