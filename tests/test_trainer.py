@@ -179,9 +179,9 @@ def test_val_selection_never_touches_test_images(digits: tuple[Data, Data], tmp_
     calls: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
     real_evaluate = trainer.evaluate_pgd10
 
-    def spy(model, x, y, eps, alpha, batch_size, seed, split="test"):  # noqa: ANN001, ANN202
+    def spy(model, x, y, eps, alpha, batch_size, seed, split="test", norm="linf"):  # noqa: ANN001, ANN202
         calls[split].append(x.clone())
-        numbers = real_evaluate(model, x, y, eps, alpha, batch_size, seed, split=split)
+        numbers = real_evaluate(model, x, y, eps, alpha, batch_size, seed, split=split, norm=norm)
         epoch = len(calls[split])
         # Test numbers fall and val numbers rise with the epoch: test selection would pick epoch 1.
         numbers[f"{split}_adv_acc"] = epoch / 10 if split == "val" else 1 - epoch / 10
