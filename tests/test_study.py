@@ -190,6 +190,16 @@ seeds = [0, 1, 2]
         load_study(write_study(tmp_path, text.replace("seeds = [0, 1, 2]", "seeds = [1, 1]")))
 
 
+def test_an_l2_study_trains_and_evaluates_in_l2(tmp_path: Path) -> None:
+    """norm = "l2" in [study] reaches training (the checkpoint says L2) and every evaluation (rows say L2)."""
+    text = TINY.replace("epochs = 2", 'epochs = 1\nnorm = "l2"\neps = 0.5').replace('methods = ["st", "pgd"]', 'methods = ["pgd"]')
+    config = load_study(write_study(tmp_path, text))
+    run_study(config, Recorder(), device="cpu")
+    rows = read(config.leaderboard)
+    assert rows and {row.threat_model for row in rows} == {"L2"}
+    assert load(rows[0].model)[1].training["threat_model"] == "L2"
+
+
 def test_val_examples_reach_the_trainer_and_the_caption(tmp_path: Path) -> None:
     config = load_study(write_study(tmp_path, TINY.replace("eval_examples = 32", "eval_examples = 32\nval_examples = 16")))
     assert config.train_config("pgd", 0).val_examples == 16 and config.train_config("pgd", 0).selection == "val"

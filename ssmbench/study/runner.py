@@ -267,7 +267,7 @@ def _evaluate(
 
         try:
             settings = EvalSettings(
-                eps=config.train.threat.eps, n_examples=n, batch_size=config.eval_batch_size, device=device,
+                eps=config.train.threat.eps, norm=config.train.threat.norm, n_examples=n, batch_size=config.eval_batch_size, device=device,
                 backend=config.backend, version=config.aa_version, seed=cell.seed,
                 checks=CheckConfig() if config.checks else None,
                 state_path=path.parent / f"eval-{kind}-{suite}.json",
