@@ -31,6 +31,11 @@ class AdaptiveScaling(nn.Module):
         self.act = ACTIVATIONS[act]()
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
+        # The LTI mixers hand over a transposed view of their (B, H, L) output. Reading it strided
+        # in the two linears, the product and their backward made forward + backward 1.25x slower
+        # (S4 + AdS tanh, d_model 64, batch 64, L 64, 2-core CPU: 19.3 vs 15.4 ms, medians of 8
+        # interleaved rounds); one copy to (B, L, H) costs less, and the values are unchanged.
+        y = y.contiguous()
         # addcmul: the product and the sum in one pass over the tokens, without a temporary.
         return torch.addcmul(self.act(self.shift(y)), self.act(self.scale(y)), y)
 

@@ -92,6 +92,20 @@ def test_ads_equals_closed_form(act: str, fn) -> None:
     torch.testing.assert_close(ads(y), expected)
 
 
+def test_ads_reads_a_transposed_input_contiguously_with_the_same_values() -> None:
+    torch.manual_seed(0)
+    ads = AdaptiveScaling(8, "tanh")
+    seen: list[bool] = []
+    ads.scale.register_forward_pre_hook(lambda _module, args: seen.append(args[0].is_contiguous()))
+    strided = torch.randn(2, 8, 5).transpose(1, 2).requires_grad_()  # (B, L, H) view of (B, H, L), as LTI mixers pass
+    dense = strided.detach().contiguous().requires_grad_()
+    out_strided, out_dense = ads(strided), ads(dense)
+    (grad_strided,) = torch.autograd.grad(out_strided.square().sum(), strided)
+    (grad_dense,) = torch.autograd.grad(out_dense.square().sum(), dense)
+    assert seen == [True, True]
+    assert torch.equal(out_strided, out_dense) and torch.equal(grad_strided, grad_dense)
+
+
 def test_ads_none_is_identity_and_ads_sits_before_out_proj() -> None:
     assert isinstance(build_ads(4, "none"), torch.nn.Identity)
     model = build_model("s4d", "digits", ads="sigmoid", **SMALL)
