@@ -38,14 +38,17 @@ from ssmbench.study import (
     render_study,
     run_study,
 )
+from ssmbench.study.commit import GitCommitter
 
 
 class _RichObserver(StudyObserver):
     """Two bars: the cells of this runner, and the epoch (or evaluation) in progress."""
 
-    def __init__(self, progress: Progress, leaderboard: Path) -> None:
+    def __init__(self, progress: Progress, leaderboard: Path, committer: GitCommitter | None = None, title: str = "") -> None:
         self.progress = progress
         self.leaderboard = leaderboard
+        self.committer = committer
+        self.title = title
         self.cells = progress.add_task("cells", total=None)
         self.work = progress.add_task("", total=None, visible=False)
         self.counted: set[Cell] = set()
@@ -100,10 +103,25 @@ class _RichObserver(StudyObserver):
         if outcome.status == DONE:
             self.progress.console.print(f"  done in {outcome.seconds:.0f} s: {_summary(outcome)}; {len(outcome.rows)} rows in "
                                         f"{self.leaderboard}", markup=False, soft_wrap=True)
+            self._commit(outcome)
         elif outcome.status == FAILED:
             self.progress.console.print(f"  [red]failed[/red] after {outcome.seconds:.0f} s: {outcome.message}")
         elif outcome.cell in self.counted:
             self.progress.console.print(f"{outcome.cell.name}: {outcome.status}", markup=False)
+
+
+    def _commit(self, outcome: CellOutcome) -> None:
+        """--commit: the results file, committed alone; a failure is reported and the study goes on."""
+        if self.committer is None:
+            return
+        message = f"Study rows: {self.title}, cell {outcome.cell.name} ({len(outcome.rows)} rows, {outcome.seconds:.0f} s)"
+        try:
+            commit = self.committer.commit(message)
+        except RuntimeError as exc:
+            self.progress.console.print(f"  [yellow]not committed[/yellow]: {exc}; the rows are in {self.leaderboard}")
+            return
+        if commit:
+            self.progress.console.print(f"  committed {self.leaderboard} as {commit}", markup=False)
 
 
 def _summary(outcome: CellOutcome) -> str:
@@ -183,6 +201,7 @@ def study_command(
     leaderboard: Path = typer.Option(None, "--leaderboard", help=f"Results file the rows are appended to (default: the study file's, else your own, ${HOME_ENV}/results.parquet)."),
     shard: str = typer.Option(None, help="i/k: run only cells i, i+k, ... of the grid (1-based), e.g. 1/2 and 2/2 in two shells."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done, failed, running or pending; run nothing."),
+    commit: bool = typer.Option(False, "--commit", help="git-commit the results file (alone) after every finished cell, so that a long study's rows survive the machine."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA)."),
 ) -> None:
@@ -193,6 +212,8 @@ def study_command(
     also written to OUT/README.md.
 
     Example: ssmbench study --config studies/digits.toml --shard 1/2
+
+    Example: ssmbench study --config studies/digits-full.toml --commit
 
     Example: ssmbench study --dataset digits --models s4,dss --at st,pgd --ads none,tanh --epochs 5 --aa-examples 64
     """
@@ -209,8 +230,10 @@ def study_command(
     if dry_run:
         _print_plan(plan(study, selection), study)
         return
+    committer = GitCommitter.for_file(study.leaderboard) if commit else None
     with progress_bar() as progress:
-        report = run_study(study, _RichObserver(progress, study.leaderboard), shard=selection, device=device, data_dir=data_dir)
+        observer = _RichObserver(progress, study.leaderboard, committer, study.title)
+        report = run_study(study, observer, shard=selection, device=device, data_dir=data_dir)
     text = render_study(study)
     # Raw markdown, not rich's rendering: the table has 12 number columns, which rich squeezes
     # into an 80-column terminal, while the text is readable as is and can be pasted anywhere.
