@@ -39,6 +39,7 @@ from ssmbench.study import (
     run_study,
 )
 from ssmbench.study.commit import GitCommitter
+from ssmbench.study.cost import study_cost
 
 
 class _RichObserver(StudyObserver):
@@ -167,16 +168,18 @@ def _config(config: Path | None, grid: dict[str, Any], settings: dict[str, Any])
 
 def _print_plan(statuses: list[CellStatus], config: StudyConfig) -> None:
     table = Table(title=f"Study {config.title}: {len(statuses)} cells in {config.out}", title_justify="left")
-    for column in ("cell", "status", "epochs", "note"):
+    for column in ("cell", "status", "epochs", "seconds", "note"):
         table.add_column(column)
     for item in statuses:
         note = item.message
         if item.status == FAILED:
             note += f" (delete {config.run_dir(item.cell) / 'done.json'} to retry)"
-        table.add_row(item.cell.name, item.status, str(item.epochs_done or ""), note)
+        seconds = "" if item.seconds is None else f"{item.seconds:.0f}"
+        table.add_row(item.cell.name, item.status, str(item.epochs_done or ""), seconds, note)
     console.print(table)
     counts = {name: sum(s.status == name for s in statuses) for name in (DONE, FAILED, RUNNING, PENDING)}
     console.print(", ".join(f"{count} {name}" for name, count in counts.items()))
+    console.print(f"Cost: {study_cost(statuses).describe()}.")
 
 
 def study_command(

@@ -48,6 +48,7 @@ class CellStatus:
     status: str
     message: str = ""
     epochs_done: int = 0
+    seconds: float | None = None  # a finished cell's wall time in the process that ran it (done.json)
 
 
 def read_marker(run_dir: Path) -> dict[str, Any] | None:
@@ -82,7 +83,7 @@ def status(config: StudyConfig, cell: Cell) -> CellStatus:
     run_dir = config.run_dir(cell)
     marker = read_marker(run_dir)
     if marker is not None:
-        return CellStatus(cell, marker["status"], marker.get("message", ""), marker.get("epochs", 0))
+        return CellStatus(cell, marker["status"], marker.get("message", ""), marker.get("epochs", 0), marker.get("seconds"))
     state = RUNNING if _is_locked(run_dir) else PENDING
     return CellStatus(cell, state, epochs_done=_epochs_done(run_dir))
 
