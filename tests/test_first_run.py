@@ -184,10 +184,12 @@ def test_studies_that_own_a_published_file_name_it_and_others_default_to_the_use
     assert StudyConfig(grids=(Grid(models=("s4d",), methods=("st",)),)).leaderboard == user_home / "results.parquet"
     owned = {path.name: load_study(path).leaderboard for path in sorted((REPO / "studies").glob("*.toml"))}
     assert owned == {
+        "digits-convergence.toml": Path("leaderboards/digits-convergence.parquet"),
+        "digits-full.toml": Path("leaderboards/digits-full.parquet"),
         "digits-long.toml": Path("leaderboards/long-training.parquet"),
         "digits.toml": Path("leaderboards/results.parquet"),
         "fashion-mnist.toml": Path("leaderboards/results.parquet"),
         "smoke.toml": Path("runs/study-smoke/results.parquet"),
-        "timeseries-basicmotions.toml": Path("runs/study-timeseries-basicmotions/results.parquet"),
-        "timeseries-gunpoint.toml": Path("runs/study-timeseries-gunpoint/results.parquet"),
+        "timeseries-basicmotions.toml": Path("leaderboards/timeseries.parquet"),
+        "timeseries-gunpoint.toml": Path("leaderboards/timeseries.parquet"),
     }

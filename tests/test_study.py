@@ -175,6 +175,25 @@ def test_the_shipped_digits_study_is_the_papers_grid() -> None:
         assert expand(load_study(STUDIES / other))[0]
 
 
+def test_the_full_protocol_digits_study_has_three_seeds_where_issue_13_asks() -> None:
+    """Every architecture under ST and PGD-AT, every SSM + AdS tanh under PGD-AT and S4 / DSS +
+    attention under PGD-AT with seeds 0-2; AutoAttack on the whole test split; checks on; val selection."""
+    config = load_study(STUDIES / "digits-full.toml")
+    cells, skipped = expand(config)
+    seeds: dict[tuple[str, str, str, bool], set[int]] = {}
+    for cell in cells:
+        seeds.setdefault((cell.arch, cell.method, cell.ads, cell.attention), set()).add(cell.seed)
+    headline = {(a, m, "none", False) for a in ["s4", "dss", "s5", "mamba", "mega"] for m in ["st", "pgd"]}
+    headline |= {(a, "pgd", "tanh", False) for a in ["s4", "dss", "s5", "mamba"]}
+    headline |= {(a, "pgd", "none", True) for a in ["s4", "dss"]}
+    assert {key for key, found in seeds.items() if found == {0, 1, 2}} == headline
+    assert all(found == {0} for key, found in seeds.items() if key not in headline)
+    assert {(m, ads) for (_, m, ads, _) in seeds} >= {("trades", "none"), ("freeat", "none"), ("yopo", "none"), ("pgd", "relu"), ("pgd", "sigmoid")}
+    assert skipped == [] and len(cells) == 71
+    assert config.aa_examples >= 360 and config.train.eval_examples == 360 and config.checks and config.train.val_examples > 0
+    assert config.train.epochs == load_study(STUDIES / "digits-convergence.toml").train.epochs // 2
+
+
 def test_a_grid_can_set_its_own_seeds(tmp_path: Path) -> None:
     """Headline cells with three seeds, the rest of the grid with the study's one, in one file."""
     text = TINY + """
@@ -205,7 +224,7 @@ def test_val_examples_reach_the_trainer_and_the_caption(tmp_path: Path) -> None:
     assert config.train_config("pgd", 0).val_examples == 16 and config.train_config("pgd", 0).selection == "val"
     assert "highest PGD-10 accuracy on 16 held-out training images" in render_study(config)
     assert load_study(write_study(tmp_path, TINY)).train_config("pgd", 0).selection == "test"
-    for study in ("digits.toml", "digits-long.toml", "fashion-mnist.toml", "smoke.toml"):
+    for study in ("digits.toml", "digits-long.toml", "digits-full.toml", "digits-convergence.toml", "fashion-mnist.toml", "smoke.toml"):
         assert load_study(STUDIES / study).train.val_examples > 0, study
 
 
