@@ -188,6 +188,7 @@ def test_studies_that_own_a_published_file_name_it_and_others_default_to_the_use
         "digits-full.toml": Path("leaderboards/digits-full.parquet"),
         "digits-long.toml": Path("leaderboards/long-training.parquet"),
         "digits.toml": Path("leaderboards/results.parquet"),
+        "fashion-mnist-full.toml": Path("leaderboards/fashion-mnist-full.parquet"),
         "fashion-mnist.toml": Path("leaderboards/results.parquet"),
         "smoke.toml": Path("runs/study-smoke/results.parquet"),
         "timeseries-basicmotions.toml": Path("leaderboards/timeseries.parquet"),

@@ -192,6 +192,13 @@ def test_the_full_protocol_digits_study_has_three_seeds_where_issue_13_asks() ->
     assert skipped == [] and len(cells) == 71
     assert config.aa_examples >= 360 and config.train.eval_examples == 360 and config.checks and config.train.val_examples > 0
     assert config.train.epochs == load_study(STUDIES / "digits-convergence.toml").train.epochs // 2
+    fashion = load_study(STUDIES / "fashion-mnist-full.toml")
+    fashion_seeds: dict[tuple[str, str, str], set[int]] = {}
+    for cell in expand(fashion)[0]:
+        fashion_seeds.setdefault((cell.arch, cell.method, cell.ads), set()).add(cell.seed)
+    assert {key for key, found in fashion_seeds.items() if found == {0, 1, 2}} == {
+        (a, m, ads) for a in ["s4", "dss"] for m, ads in [("st", "none"), ("pgd", "none"), ("pgd", "tanh")]}
+    assert fashion.aa_examples >= 200 and fashion.checks and fashion.train.val_examples > 0
 
 
 def test_a_grid_can_set_its_own_seeds(tmp_path: Path) -> None:
@@ -224,7 +231,7 @@ def test_val_examples_reach_the_trainer_and_the_caption(tmp_path: Path) -> None:
     assert config.train_config("pgd", 0).val_examples == 16 and config.train_config("pgd", 0).selection == "val"
     assert "highest PGD-10 accuracy on 16 held-out training images" in render_study(config)
     assert load_study(write_study(tmp_path, TINY)).train_config("pgd", 0).selection == "test"
-    for study in ("digits.toml", "digits-long.toml", "digits-full.toml", "digits-convergence.toml", "fashion-mnist.toml", "smoke.toml"):
+    for study in ("digits.toml", "digits-long.toml", "digits-full.toml", "digits-convergence.toml", "fashion-mnist.toml", "fashion-mnist-full.toml", "smoke.toml"):
         assert load_study(STUDIES / study).train.val_examples > 0, study
 
 
