@@ -8,8 +8,11 @@ an unpaired difference of two small-sample accuracies is exactly the reading thi
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from scipy.stats import t as student_t
 
 from model_zoo.checkpoints import file_sha256
 from model_zoo.errors import UsageError, ZooError
@@ -17,7 +20,7 @@ from model_zoo.labels import method_label
 from ssmbench.leaderboard import ResultRow
 from ssmbench.leaderboard_render import family
 from ssmbench.loading import resolve_target
-from ssmbench.stats import Paired, paired
+from ssmbench.stats import CONFIDENCE, Paired, paired
 
 
 class CompareError(UsageError):
@@ -50,6 +53,11 @@ def pick(rows: Sequence[ResultRow], name: str, suite: str, kind: str = "best", n
     When several checkpoint kinds match, `kind` decides; several models or seeds are refused.
     `n_examples` keeps only results on that many examples (default: the newest result).
     """
+    return _one_model(_matching(rows, name, suite, kind, n_examples), name)
+
+
+def _matching(rows: Sequence[ResultRow], name: str, suite: str, kind: str, n_examples: int | None) -> list[ResultRow]:
+    """Every row of `suite` that `name` names (see `pick`), narrowed to the `kind` checkpoint when it matches several."""
     candidates = [r for r in rows if r.suite == suite and n_examples in (None, r.n_examples)]
     found = [r for r in candidates if name in (r.model, r.run_id)]
     if not found:
@@ -64,6 +72,11 @@ def pick(rows: Sequence[ResultRow], name: str, suite: str, kind: str = "best", n
         found = [r for r in found if r.checkpoint_kind == kind]
         if not found:
             raise CompareError(f"{name!r} has {suite} results, but none for the {kind} checkpoint; choose another --ckpt")
+    return found
+
+
+def _one_model(found: list[ResultRow], name: str) -> ResultRow:
+    """The newest of rows that must all be one model (one label, training seed and checkpoint)."""
     models = sorted({(_label(r), r.train_seed, r.checkpoint_sha256) for r in found})
     if len(models) > 1:
         listed = "; ".join(f"{label} seed {seed} ({sha[:8]})" for label, seed, sha in models)
@@ -102,6 +115,57 @@ def compare(a: ResultRow, b: ResultRow) -> Comparison:
     pa, pb = a.per_example, b.per_example
     assert pa is not None and pb is not None  # checked above; narrows the type
     return Comparison(a, b, paired(pa.robust, pb.robust), paired(pa.clean, pb.clean))
+
+
+def pick_seeds(rows: Sequence[ResultRow], name: str, suite: str, kind: str = "best", n_examples: int | None = None) -> dict[int, ResultRow]:
+    """`pick` once per training seed: a label that names one model per seed (a multi-seed study's cell)."""
+    found = _matching(rows, name, suite, kind, n_examples)
+    seeds = sorted({r.train_seed for r in found})
+    return {seed: _one_model([r for r in found if r.train_seed == seed], f"{name} (seed {seed})") for seed in seeds}
+
+
+@dataclass(frozen=True)
+class SeedComparison:
+    """A against B seed by seed (each pair on the same examples), and the spread over seeds.
+
+    The per-seed rows are the evidence: each is an exact paired test of two trained models. The
+    seed-level summary treats the per-seed differences as a sample of training runs, so its t
+    interval covers training randomness (with n - 1 degrees of freedom it is wide for 3 seeds, as
+    it should be); it says nothing about examples beyond the test set. No pooled p-value is given:
+    the seeds share their test examples, so their discordant pairs are not independent.
+    """
+
+    by_seed: dict[int, Comparison]
+
+    @property
+    def differences(self) -> list[float]:
+        return [item.robust.difference for item in self.by_seed.values()]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.differences)
+
+    def interval(self, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+        """Student-t interval of the mean difference over seeds; None for a single seed."""
+        values = self.differences
+        if len(values) < 2:
+            return None
+        half = float(student_t.ppf((1 + confidence) / 2, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
+        return self.mean - half, self.mean + half
+
+    @property
+    def significant_seeds(self) -> tuple[int, int]:
+        """(seeds where A is significantly above B, seeds where it is significantly below)."""
+        rows = [item.robust for item in self.by_seed.values() if item.robust.significant]
+        return sum(r.difference > 0 for r in rows), sum(r.difference < 0 for r in rows)
+
+
+def compare_seeds(a: dict[int, ResultRow], b: dict[int, ResultRow]) -> SeedComparison:
+    """Pair A's and B's rows of each seed that both have; refuses when they share no seed."""
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        raise CompareError(f"A (seeds {sorted(a)}) and B (seeds {sorted(b)}) share no training seed; compare them without --seeds")
+    return SeedComparison({seed: compare(a[seed], b[seed]) for seed in shared})
 
 
 def _examples(row: ResultRow) -> str:

@@ -18,7 +18,7 @@ from ssmbench import leaderboard as lb
 from ssmbench import stats
 from ssmbench.cli import leaderboard as cli_leaderboard
 from ssmbench.cli import main
-from ssmbench.compare import CompareError, compare, pick
+from ssmbench.compare import CompareError, compare, compare_seeds, pick, pick_seeds
 from ssmbench.leaderboard_render import render_markdown
 from ssmbench.outcomes import PerExample, first_n, labels_sha256
 from ssmbench.study import Cell, StudyConfig, expand, load_study
@@ -223,6 +223,46 @@ def test_cli_compare_prints_the_paired_test_and_refuses_in_one_line(tmp_path: Pa
     assert "different examples" in err and len(err.strip().splitlines()) == 1
     assert main(["leaderboard", "compare", "s4", "mamba", "--path", str(path)]) == 2
     assert "no pgd10 result for 'mamba'" in capsys.readouterr().err
+
+
+def seeded_pair(n: int = 360) -> list[lb.ResultRow]:
+    """S4 + AdS against S4 in three seeds: A gains 30, 12 and -5 robust examples (one set inside the other)."""
+    rows = []
+    for seed, (a_robust, b_robust) in enumerate([(250, 220), (240, 228), (222, 227)]):
+        rows.append(row(f"ads{seed}", flags(n, 300), flags(n, a_robust), ads="tanh", train_seed=seed))
+        rows.append(row(f"plain{seed}", flags(n, 300), flags(n, b_robust), train_seed=seed))
+    return rows
+
+
+def test_compare_seeds_pairs_each_seed_and_gives_the_t_interval_over_seeds() -> None:
+    rows = seeded_pair()
+    a, b = pick_seeds(rows, "s4 + AdS (tanh), PGD-AT", "pgd10"), pick_seeds(rows, "s4, PGD-AT", "pgd10")
+    assert sorted(a) == sorted(b) == [0, 1, 2]
+    result = compare_seeds(a, b)
+    assert result.differences == pytest.approx([30 / 360, 12 / 360, -5 / 360])
+    for seed, (only_a, only_b) in enumerate([(30, 0), (12, 0), (0, 5)]):
+        assert (result.by_seed[seed].robust.only_a, result.by_seed[seed].robust.only_b) == (only_a, only_b)
+        assert result.by_seed[seed].robust.p_value == pytest.approx(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    mean, sd = statistics.fmean([30, 12, -5]) / 360, statistics.stdev([30, 12, -5]) / 360
+    half = 4.302652729911275 * sd / math.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    assert result.mean == pytest.approx(mean) and result.interval() == pytest.approx((mean - half, mean + half))
+    assert result.significant_seeds == (2, 0)  # 30 and 12 discordant pairs all one way; 5 are not enough (p = 0.0625)
+    with pytest.raises(CompareError, match="share no training seed"):
+        compare_seeds({0: a[0]}, {1: b[1]})
+    with pytest.raises(CompareError, match="matches 3 models"):
+        pick(rows, "s4, PGD-AT", "pgd10")
+
+
+def test_cli_compare_seeds_prints_one_line_per_seed_and_the_summary(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(cli_leaderboard.console, "width", 120)
+    path = tmp_path / "results.parquet"
+    lb.append(path, seeded_pair())
+    assert main(["leaderboard", "compare", "s4 + AdS (tanh), PGD-AT", "s4, PGD-AT", "--seeds", "--leaderboard", str(path)]) == 0
+    out = capsys.readouterr().out
+    seed_lines = [line.split() for line in out.splitlines() if line.split()[:1] in (["0"], ["1"], ["2"])]
+    assert [line[0] for line in seed_lines] == ["0", "1", "2"] and seed_lines[0][-3:-1] == ["30", "0"]
+    assert "mean A - B over 3 seeds: +3.4 points (Student-t 95% over the seeds: -8.7 to +15.5)" in " ".join(out.split())
+    assert "with A above B in 2 of 3 seeds, with A below B in 0" in " ".join(out.split())
 
 
 def test_pick_refuses_a_label_that_names_several_models() -> None:

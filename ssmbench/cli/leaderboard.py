@@ -18,7 +18,7 @@ from model_zoo.errors import RunError, UsageError
 from model_zoo.labels import method_label
 from ssmbench import leaderboard
 from ssmbench.cli._common import LEADERBOARD_HELP, console, leaderboard_path
-from ssmbench.compare import compare, describe, examples_text, pick
+from ssmbench.compare import SeedComparison, compare, compare_seeds, describe, examples_text, pick, pick_seeds
 from ssmbench.leaderboard_render import FLAG_MARK, SUITES, TableKey, family, format_eps, percent1, row_interval, table_key
 from ssmbench.stats import Paired
 
@@ -206,18 +206,27 @@ def compare_command(
     suite: str = typer.Option("pgd10", "--attack", help="Which suite's results to compare, e.g. pgd10 or autoattack."),
     ckpt: str = typer.Option("best", "--ckpt", help="best or last, when a name matches both checkpoints."),
     n_examples: int = typer.Option(None, "--n-examples", help="Only results on this many examples (default: the newest)."),
+    seeds: bool = typer.Option(False, "--seeds", help="A and B are labels with several training seeds: pair them seed by seed, then summarize over the seeds."),
     results: Path | None = LEADERBOARD_OPTION,
     old_path: Path | None = PATH_ALIAS,
 ) -> None:
     """Compare two results measured on the same examples with the same attack: the accuracy
     difference A - B with a paired 95% interval and the exact McNemar p-value on the per-example
     outcomes. Refuses results on different examples, attacks or eps, and rows without outcomes.
+    With --seeds, one such test per training seed that both have, then the mean difference over
+    the seeds with its Student-t 95% interval (training randomness) and in how many seeds the
+    difference is significant.
 
     Example: ssmbench leaderboard compare s4-pgd-tanh-digits s5-pgd-none-digits --attack pgd10
+
+    Example: ssmbench leaderboard compare "s4 (released) + AdS (tanh), PGD-AT" "s4 (released), PGD-AT" --seeds --attack autoattack
     """
     path = _results(results, old_path)
     rows = leaderboard.read(path)
     console.print(f"{path}:", soft_wrap=True)
+    if seeds:
+        _print_seed_comparison(a, b, compare_seeds(pick_seeds(rows, a, suite, ckpt, n_examples), pick_seeds(rows, b, suite, ckpt, n_examples)))
+        return
     result = compare(pick(rows, a, suite, ckpt, n_examples), pick(rows, b, suite, ckpt, n_examples))
     console.print(f"A: {a}: {describe(result.a)}")
     console.print(f"B: {b}: {describe(result.b)}")
@@ -232,6 +241,26 @@ def compare_command(
     verdict = "A - B is significant at the 5% level" if result.robust.significant else \
         "no significant difference in robust accuracy (p >= 0.05): do not rank these two"
     console.print(verdict)
+
+
+def _print_seed_comparison(a: str, b: str, result: SeedComparison) -> None:
+    first = next(iter(result.by_seed.values()))
+    console.print(f"A: {a}: {describe(first.a)}")
+    console.print(f"B: {b}: {describe(first.b)}")
+    console.print(f"each seed on {examples_text(first.a)}, {first.a.threat_model} eps {format_eps(first.a.eps)}")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
+    for column in ("seed", "A robust", "B robust", "A - B, 95% CI", "only A", "only B", "McNemar p"):
+        table.add_column(column, justify="left" if column == "seed" else "right", no_wrap=True)
+    for seed, item in result.by_seed.items():
+        a_cell, b_cell = (row_interval(row).replace(" ", "\n", 1) for row in (item.a, item.b))
+        stats = item.robust
+        table.add_row(str(seed), a_cell, b_cell, _difference(stats), str(stats.only_a), str(stats.only_b), f"{stats.p_value:.3g}")
+    console.print(table)
+    n_seeds, (above, below) = len(result.by_seed), result.significant_seeds
+    interval = result.interval()
+    spread = "" if interval is None else f" (Student-t 95% over the seeds: {percent1(interval[0]):+} to {percent1(interval[1]):+})"
+    console.print(f"mean A - B over {n_seeds} seed{'s' if n_seeds > 1 else ''}: {percent1(result.mean):+} points{spread}; "
+                  f"significant (p < 0.05) with A above B in {above} of {n_seeds} seeds, with A below B in {below}")
 
 
 def _difference(stats: Paired) -> str:
