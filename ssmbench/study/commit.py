@@ -6,6 +6,11 @@ leaves whatever else is staged or modified in the checkout untouched, so a perso
 in the same tree, and two runners of one study can share it: git's index lock makes one of them
 wait, which is why a commit is retried a few times before it is reported as failed. A failed commit
 never stops the study: the rows are already in the file, and the next cell's commit takes them too.
+
+The markdown the file renders to (`leaderboard.markdown_for`: NAME.parquet -> NAME.md) is
+re-rendered and committed with it, so that every commit passes ci/check_leaderboard.sh, which
+refuses a results file whose markdown is stale. A markdown file that `publish` did not write (a
+README.md beside a results.parquet that is someone's own page) is never overwritten.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_zoo.errors import UsageError
+from ssmbench import leaderboard
+from ssmbench.leaderboard_render import PREAMBLE
 
 ATTEMPTS = 5  # index-lock contention between two runners clears in well under a second
 RETRY_SECONDS = 1.0
@@ -44,26 +51,35 @@ class GitCommitter:
         return cls(path.resolve(), Path(found.stdout.strip()))
 
     def commit(self, message: str) -> str:
-        """Stage and commit the file alone; returns the new commit's short hash, '' when nothing changed.
+        """Render the markdown, stage and commit the two files alone; returns the new commit's short
+        hash, '' when nothing changed.
 
         Raises RuntimeError with git's own first line when every attempt failed."""
-        relative = str(self.path.relative_to(self.root))
+        paths = [str(path.relative_to(self.root)) for path in (self.path, *self._render_markdown())]
         error = ""
         for attempt in range(ATTEMPTS):
             if attempt:
                 time.sleep(RETRY_SECONDS)
-            added = self._git("add", "--", relative)
+            added = self._git("add", "--", *paths)
             if added.returncode != 0:
                 error = added.stderr
                 continue
-            if self._git("diff", "--cached", "--quiet", "--", relative).returncode == 0:
+            if self._git("diff", "--cached", "--quiet", "--", *paths).returncode == 0:
                 return ""
-            committed = self._git("commit", "--quiet", "-m", message, "--", relative)
+            committed = self._git("commit", "--quiet", "-m", message, "--", *paths)
             if committed.returncode == 0:
                 return self._git("rev-parse", "--short", "HEAD").stdout.strip()
             error = committed.stderr or committed.stdout
         first_line = next((line for line in error.splitlines() if line.strip()), "git failed")
-        raise RuntimeError(f"could not commit {relative}: {first_line}")
+        raise RuntimeError(f"could not commit {paths[0]}: {first_line}")
+
+    def _render_markdown(self) -> list[Path]:
+        """[the markdown beside the results file, freshly rendered], or [] when that file is not ours to write."""
+        markdown = leaderboard.markdown_for(self.path)
+        if markdown.is_file() and not markdown.read_text(encoding="utf-8").startswith(PREAMBLE):
+            return []
+        leaderboard.publish(self.path, markdown)
+        return [markdown]
 
     def _git(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["git", "-C", str(self.root), *args], capture_output=True, text=True, check=False)
