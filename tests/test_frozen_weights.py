@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from model_zoo import build_model
-from model_zoo.frozen import WeightCache, frozen_weights, weights_frozen
+from model_zoo.frozen import WeightCache, frozen_weights, shared_weights, weights_frozen
 from model_zoo.training import methods
 from model_zoo.training.methods import METHODS, MethodContext, get_method
 from model_zoo.training.settings import MethodParams, ThreatModel
@@ -136,3 +136,49 @@ def test_cached_kernels_carry_no_autograd_history() -> None:
     with frozen_weights(model):
         model(torch.rand(2, 1, 8, 8)).sum().backward()
     assert all(p.grad is None for name, p in model.named_parameters() if "mixer" in name and name.endswith(("log_dt", "c")))
+
+
+# -- shared_weights: the passes that train, one kernel per batch ----------------------------------
+
+SHARED_PASSES = {"trades": 2, "mart": 2, "yopo": 5}  # training passes per batch (YOPO: its m = 5)
+
+
+@pytest.mark.parametrize("method", sorted(SHARED_PASSES))
+@pytest.mark.parametrize("arch", ["s4", "mamba"])
+def test_the_training_passes_of_a_batch_share_one_computation_per_layer(arch: str, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    counts = count_computations(monkeypatch)
+    model = small_model(arch)
+    get_method(method)(model, x, y, context(model, method))
+    assert counts["training"] == SMALL["n_layers"]
+    monkeypatch.setattr(methods, "shared_weights", uncached)
+    counts.update(frozen=0, training=0)
+    model = small_model(arch)
+    get_method(method)(model, x, y, context(model, method))
+    assert counts["training"] == SMALL["n_layers"] * SHARED_PASSES[method]
+
+
+@pytest.mark.parametrize("method", sorted(SHARED_PASSES))
+@pytest.mark.parametrize("arch", ["s4", "dss", "s5", "mamba", "mega"])
+def test_shared_kernels_give_the_same_update_up_to_float_rounding(arch: str, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gradient summed over the passes, then sent through the kernel once, equals the per-pass sum."""
+    shared_adv, shared_weights_after = run_epoch(arch, method)
+    monkeypatch.setattr(methods, "shared_weights", uncached)
+    plain_adv, plain_weights = run_epoch(arch, method)
+    for name, weight in shared_weights_after.items():
+        torch.testing.assert_close(weight, plain_weights[name], rtol=1e-5, atol=1e-6, msg=name)
+    for ours, theirs in zip(shared_adv, plain_adv):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    assert not torch.equal(shared_weights_after["encoder.weight"], small_model(arch).encoder.weight.detach())
+
+
+def test_a_block_left_by_an_exception_sends_nothing_back_and_keeps_nothing() -> None:
+    model = small_model("s4")
+    with pytest.raises(RuntimeError, match="stop"), shared_weights(model):
+        model(torch.rand(2, 1, 8, 8)).sum().backward()
+        raise RuntimeError("stop")
+    kernel_params = [p for name, p in model.named_parameters() if name.endswith("log_dt")]
+    assert kernel_params and all(p.grad is None for p in kernel_params)  # the pending kernel gradient was dropped
+    assert all(block.mixer.weight_cache._shared is None for block in model.blocks)
+    model(torch.rand(2, 1, 8, 8)).sum().backward()  # plain training afterwards: gradients flow as usual
+    assert all(p.grad is not None for p in kernel_params)

@@ -29,10 +29,12 @@ bf16 input gradients. They gain nothing from bf16 autocast; the other methods' u
 
 Frozen weights: the attack passes of PGD-AT, TRADES, MART and FGSM-RS run inside
 `frozen_weights(model)` (model_zoo/frozen.py), so the mixers' kernels are computed once per batch
-for the attack instead of once per pass; only the update pass builds them with gradients. FreeAT
-and YOPO have no such passes: every FreeAT replay trains the weights (and steps them before the
-next), every YOPO outer pass accumulates weight gradients, and YOPO's inner steps run through
-the first layer only, which has no kernel.
+for the attack instead of once per pass; only the update pass builds them with gradients. The
+passes that train through one set of weights share theirs too (`shared_weights`): TRADES' and
+MART's clean and adversarial passes and YOPO's m outer passes compute each kernel once with its
+graph and send its accumulated gradient back once before the step (the same gradient up to the
+order of float additions). FreeAT has nothing to share: every replay steps the weights before the
+next. YOPO's inner steps run through the first layer only, which has no kernel.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from torch import nn
 
 from model_zoo.bounds import UNIT, Bounds, clip_box
 from model_zoo.errors import UsageError
-from model_zoo.frozen import frozen_weights
+from model_zoo.frozen import frozen_weights, shared_weights
 from model_zoo.registries import Registry
 from model_zoo.training.perturb import LossFn, get_norm, input_gradient, pgd, project, uniform_start
 from model_zoo.training.settings import MethodParams, ThreatModel
@@ -173,9 +175,13 @@ def _apply_gradients(model: nn.Module, ctx: MethodContext[Any]) -> None:
     ctx.optimizer.step()
 
 
-def _update(model: nn.Module, loss: torch.Tensor, ctx: MethodContext[Any]) -> None:
+def _backward(loss: torch.Tensor, ctx: MethodContext[Any]) -> None:
     ctx.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+
+
+def _update(model: nn.Module, loss: torch.Tensor, ctx: MethodContext[Any]) -> None:
+    _backward(loss, ctx)
     _apply_gradients(model, ctx)
 
 
@@ -245,13 +251,15 @@ def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContex
     x + 0.001 N(0, 1). In the outer loss the gradient flows through both f(x) and f(x'), as in
     the released code.
     """
-    logits_clean = model(x)
-    start = _gaussian_start(x, ctx.generator, ctx.bounds)
-    with frozen_weights(model):
-        x_adv = _ascend(model, x, start, logits_clean.detach(), kl_to_clean, ctx)
-    logits_adv = model(x_adv)
-    loss = F.cross_entropy(logits_clean, y) + ctx.params.beta * kl_to_clean(logits_adv, logits_clean)
-    _update(model, loss, ctx)
+    with shared_weights(model):  # the clean and the adversarial pass: one kernel with gradients
+        logits_clean = model(x)
+        start = _gaussian_start(x, ctx.generator, ctx.bounds)
+        with frozen_weights(model):
+            x_adv = _ascend(model, x, start, logits_clean.detach(), kl_to_clean, ctx)
+        logits_adv = model(x_adv)
+        loss = F.cross_entropy(logits_clean, y) + ctx.params.beta * kl_to_clean(logits_adv, logits_clean)
+        _backward(loss, ctx)
+    _apply_gradients(model, ctx)
     return StepOutput(loss.detach(), x_adv, logits_adv.detach())
 
 
@@ -277,10 +285,12 @@ def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[
     """MART: PGD-K on CE from x + 0.001 N(0, 1) (the released code's start), then `mart_loss`."""
     with frozen_weights(model):
         x_adv = _ascend(model, x, _gaussian_start(x, ctx.generator, ctx.bounds), y, F.cross_entropy, ctx)
-    logits_clean = model(x)
-    logits_adv = model(x_adv)
-    loss = mart_loss(logits_clean, logits_adv, y, ctx.params.beta)
-    _update(model, loss, ctx)
+    with shared_weights(model):
+        logits_clean = model(x)
+        logits_adv = model(x_adv)
+        loss = mart_loss(logits_clean, logits_adv, y, ctx.params.beta)
+        _backward(loss, ctx)
+    _apply_gradients(model, ctx)
     return StepOutput(loss.detach(), x_adv, logits_adv.detach())
 
 
@@ -397,21 +407,22 @@ def yopo(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext[
     x_adv = uniform_start(x, ctx.threat.eps, ctx.generator, ctx.bounds)
     ctx.optimizer.zero_grad(set_to_none=True)
     losses = []
-    for outer in range(ctx.params.m):
-        with _capture_first_layer(model) as captured:
-            logits = model(x_adv)
-        loss = F.cross_entropy(logits, y)
-        (loss / ctx.params.m).backward()
-        losses.append(loss.detach())
-        if outer == ctx.params.m - 1:
-            break
-        first_grad = captured[0].grad  # retained by the hook
-        assert first_grad is not None
-        p = first_grad.detach()
-        for _ in range(ctx.params.n):
-            x_adv = x_adv.detach().requires_grad_(True)
-            hamiltonian = (p * yopo_first_layer(model, x_adv)).sum()
-            (grad,) = torch.autograd.grad(hamiltonian, x_adv)
-            x_adv = project(x_adv.detach() + ctx.threat.step_size * ctx.bounds.scale * grad.sign(), x, ctx.threat.eps, ctx.bounds)
+    with shared_weights(model):  # the m full passes: one kernel with gradients, its backward once
+        for outer in range(ctx.params.m):
+            with _capture_first_layer(model) as captured:
+                logits = model(x_adv)
+            loss = F.cross_entropy(logits, y)
+            (loss / ctx.params.m).backward()
+            losses.append(loss.detach())
+            if outer == ctx.params.m - 1:
+                break
+            first_grad = captured[0].grad  # retained by the hook
+            assert first_grad is not None
+            p = first_grad.detach()
+            for _ in range(ctx.params.n):
+                x_adv = x_adv.detach().requires_grad_(True)
+                hamiltonian = (p * yopo_first_layer(model, x_adv)).sum()
+                (grad,) = torch.autograd.grad(hamiltonian, x_adv)
+                x_adv = project(x_adv.detach() + ctx.threat.step_size * ctx.bounds.scale * grad.sign(), x, ctx.threat.eps, ctx.bounds)
     _apply_gradients(model, ctx)
     return StepOutput(torch.stack(losses).mean(), x_adv.detach(), logits.detach())
