@@ -191,7 +191,7 @@ def test_the_full_protocol_digits_study_has_three_seeds_where_issue_13_asks() ->
     assert {(m, ads) for (_, m, ads, _) in seeds} >= {("trades", "none"), ("freeat", "none"), ("yopo", "none"), ("pgd", "relu"), ("pgd", "sigmoid")}
     assert skipped == [] and len(cells) == 71
     assert config.aa_examples >= 360 and config.train.eval_examples == 360 and config.checks and config.train.val_examples > 0
-    assert config.train.epochs == load_study(STUDIES / "digits-convergence.toml").train.epochs // 2
+    assert config.train.epochs == load_study(STUDIES / "digits-convergence.toml").train.epochs == 40
     fashion = load_study(STUDIES / "fashion-mnist-full.toml")
     fashion_seeds: dict[tuple[str, str, str], set[int]] = {}
     for cell in expand(fashion)[0]:
