@@ -8,7 +8,9 @@ same harness around their own `model_zoo` / `ssmbench`. Cases:
 
 - `epoch`: one PGD-AT epoch (PGD-10, eps 8/255, step 2/255, Adam 1e-3, seed 0) on the 1437 digits
   training images, through each tree's own `pgd` method, at batch 64 and 256, for S4,
-  S4 + AdS tanh, DSS and Mamba. `max_weight_diff` compares the two sides' weights after it.
+  S4 + AdS tanh, DSS and Mamba, and one TRADES and one YOPO epoch of S4 at batch 64 (the methods
+  whose training passes share one kernel per batch). `max_weight_diff` compares the two sides'
+  weights after it.
 - `fwd_bwd`: one training forward + backward at L = 784 (MNIST preset: 2 layers, d_model 128,
   d_state 32), batch 64, for every mixer and DSS + AdS tanh.
 - `autoattack`: AutoAttack standard (eps 8/255) on the first n digits test images of the robust
@@ -39,6 +41,7 @@ from safetensors.torch import load_file
 
 from benchmarks import Context, Measurement, Row, register_benchmark, skipped
 from benchmarks.runner import load_average
+from model_zoo.labels import method_label
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("commit_worker.py")
@@ -59,19 +62,22 @@ class CommitScale:
     autoattack_eps: float = EPS
     matmul_size: int = 2048
     steps: int = 10
+    method_epochs: tuple[tuple[str, str, str], ...] = ()  # (arch, ads, method) epochs at the first batch size
 
 
 EPOCH_CASES = (("s4", "none"), ("s4", "tanh"), ("dss", "none"), ("mamba", "none"))
+# The methods whose training passes share one kernel per batch (shared_weights): TRADES, YOPO.
+METHOD_EPOCH_CASES = (("s4", "none", "trades"), ("s4", "none", "yopo"))
 FWD_BWD_CASES = (("s4", "none"), ("dss", "none"), ("dss", "tanh"), ("s4d", "none"), ("s5", "none"),
                  ("mamba", "none"), ("mega", "none"))
 SCALES = {
-    "full": CommitScale(EPOCH_CASES, (64, 256), FWD_BWD_CASES, autoattack_examples=8),
+    "full": CommitScale(EPOCH_CASES, (64, 256), FWD_BWD_CASES, autoattack_examples=8, method_epochs=METHOD_EPOCH_CASES),
     "quick": CommitScale(EPOCH_CASES[:2], (64,), FWD_BWD_CASES[:3], autoattack_examples=4, train_examples=256,
                          fwd_bwd_repeats=1),
     # Seconds: the plumbing of both sides, with a radius so large that APGD-CE breaks every point.
     "tiny": CommitScale(EPOCH_CASES[:1], (8,), FWD_BWD_CASES[:1], autoattack_examples=2, train_examples=16,
                         fwd_bwd_batch=2, fwd_bwd_repeats=1, model={"n_layers": 1, "d_model": 8, "d_state": 4},
-                        autoattack_eps=0.5, matmul_size=64, steps=2),
+                        autoattack_eps=0.5, matmul_size=64, steps=2, method_epochs=METHOD_EPOCH_CASES[:1]),
 }
 
 
@@ -147,15 +153,16 @@ def _rows(ctx: Context, scale: CommitScale, tree: Path | None, label: str, why: 
 
     rows = []
     train_file = str(ctx.cached_split("digits", "train"))
-    for arch, ads in scale.epochs:
-        for batch in scale.epoch_batches:
-            weights = {side: ctx.scratch / f"{arch}-{ads}-{batch}-{side}.safetensors" for side in ("ours", "baseline")}
-            case = {"kind": "epoch", "arch": arch, "ads": ads, "batch_size": batch, "train_file": train_file,
-                    "train_examples": scale.train_examples, "model": scale.model, "steps": scale.steps}
-            mine, theirs = both(case, "epoch", {side: {"weights_out": str(path)} for side, path in weights.items()})
-            n = scale.train_examples or "1437"
-            rows.append(Row("commit", f"PGD-AT epoch, {_case_name(arch, ads)}, digits {n} images, batch {batch}",
-                            mine, theirs, {"max_weight_diff": max_weight_diff(weights["ours"], weights["baseline"])}))
+    epochs = [(arch, ads, "pgd", batch) for arch, ads in scale.epochs for batch in scale.epoch_batches]
+    epochs += [(arch, ads, method, scale.epoch_batches[0]) for arch, ads, method in scale.method_epochs]
+    for arch, ads, method, batch in epochs:
+        weights = {side: ctx.scratch / f"{arch}-{ads}-{method}-{batch}-{side}.safetensors" for side in ("ours", "baseline")}
+        case = {"kind": "epoch", "arch": arch, "ads": ads, "batch_size": batch, "train_file": train_file, "method": method,
+                "train_examples": scale.train_examples, "model": scale.model, "steps": scale.steps}
+        mine, theirs = both(case, "epoch", {side: {"weights_out": str(path)} for side, path in weights.items()})
+        n = scale.train_examples or "1437"
+        rows.append(Row("commit", f"{method_label(method)} epoch, {_case_name(arch, ads)}, digits {n} images, batch {batch}",
+                        mine, theirs, {"max_weight_diff": max_weight_diff(weights["ours"], weights["baseline"])}))
     for arch, ads in scale.fwd_bwd:
         case = {"kind": "fwd_bwd", "arch": arch, "ads": ads, "batch_size": scale.fwd_bwd_batch, "shape": [1, 28, 28],
                 "model": scale.model, "repeats": scale.fwd_bwd_repeats}
