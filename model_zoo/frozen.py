@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-# Attributes set on every submodule while a `frozen_weights` / `shared_weights` context holds it
-# (a depth: frozen contexts nest).
+# Attributes set on every submodule while a `frozen_weights` / `shared_weights` context holds it:
+# a depth for frozen (those contexts nest), a 0/1 flag for shared (it does not nest).
 _FROZEN = "_frozen_weights_depth"
 _SHARED = "_shared_weights_depth"
 

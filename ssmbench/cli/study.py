@@ -112,7 +112,7 @@ class _RichObserver(StudyObserver):
 
 
     def _commit(self, outcome: CellOutcome) -> None:
-        """--commit: the results file, committed alone; a failure is reported and the study goes on."""
+        """--commit: the results file and its markdown, committed alone; a failure is reported and the study goes on."""
         if self.committer is None:
             return
         message = f"Study rows: {self.title}, cell {outcome.cell.name} ({len(outcome.rows)} rows, {outcome.seconds:.0f} s)"
@@ -204,7 +204,7 @@ def study_command(
     leaderboard: Path = typer.Option(None, "--leaderboard", help=f"Results file the rows are appended to (default: the study file's, else your own, ${HOME_ENV}/results.parquet)."),
     shard: str = typer.Option(None, help="i/k: run only cells i, i+k, ... of the grid (1-based), e.g. 1/2 and 2/2 in two shells."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done, failed, running or pending; run nothing."),
-    commit: bool = typer.Option(False, "--commit", help="git-commit the results file (alone) after every finished cell, so that a long study's rows survive the machine."),
+    commit: bool = typer.Option(False, "--commit", help="git-commit the results file and its re-rendered markdown (those two alone) after every finished cell, so that a long study's rows survive the machine."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA)."),
 ) -> None:
