@@ -43,7 +43,7 @@ def test_zoo_list_shows_every_named_checkpoint_uncut_at_80_columns(capsys, monke
 
 def test_zoo_show_of_a_name_gives_its_description(capsys) -> None:
     assert main(["zoo", "show", "s4-pgd-tanh-digits"]) == 0
-    assert "studies/digits-long.toml" in capsys.readouterr().out
+    assert "studies/digits-full.toml" in capsys.readouterr().out
 
 
 def test_zoo_show_reads_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
