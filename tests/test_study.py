@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -286,6 +287,27 @@ def test_a_cell_killed_during_evaluation_is_not_trained_again(tmp_path: Path) ->
         name: trained[name] for name in ("best.safetensors", "last.safetensors", "state.safetensors")
     }
     assert len(read(config.leaderboard)) == 4
+
+
+def test_a_fresh_clone_counts_the_cells_its_committed_leaderboard_holds_as_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run folders are scratch; the committed leaderboard is the record a new machine resumes from."""
+    monkeypatch.chdir(tmp_path)
+    Path("study.toml").write_text(TINY.format(out="runs", leaderboard="results.parquet").replace('"st", "pgd"', '"st"'))
+    config = load_study(Path("study.toml"))
+    run_study(config, Recorder(), device="cpu")
+    recorded = read(config.leaderboard)
+    shutil.rmtree("runs")  # what a fresh clone has: the leaderboard, no run folders
+    recorder = Recorder()
+    run_study(config, recorder, device="cpu")
+    assert recorder.seen("cell_start") == []
+    assert recorder.seen("cell_end") == [("s4d-st-none", "skipped: done before")]
+    assert read(config.leaderboard) == recorded
+    code, out = dry_run(Path("study.toml"))
+    assert code == 0 and "1 done, 0 failed, 0 running, 0 pending" in out
+    assert "1 of them untimed" in out
+    assert "| s4d | ST | 0 | 1 | " in render_study(config) and "Not finished" not in render_study(config)
 
 
 def test_dry_run_lists_done_and_pending_cells(killed: Killed) -> None:

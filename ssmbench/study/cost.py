@@ -25,10 +25,13 @@ class StudyCost:
     estimated_cells: int  # cells not done whose kind has a finished cell
     estimated_seconds: float
     unestimated_cells: int  # cells not done with no finished cell of their kind
+    untimed_cells: int = 0  # done cells without a timing (known from the leaderboard alone, their done.json gone)
 
     def describe(self) -> str:
         """'12 cells done in 3.4 h; 20 to go: ~5.1 h for 15 of them, 5 not estimated (no finished cell of their kind)'."""
         text = f"{self.done_cells} cell{'' if self.done_cells == 1 else 's'} done in {self.done_seconds / 3600:.1f} h of runner time"
+        if self.untimed_cells:
+            text += f" ({self.untimed_cells} of them untimed: known from the leaderboard, their done.json gone)"
         pending = self.estimated_cells + self.unestimated_cells
         if not pending:
             return text
@@ -58,4 +61,5 @@ def study_cost(statuses: Sequence[CellStatus]) -> StudyCost:
     return StudyCost(
         done_cells=len(done), done_seconds=sum(item.seconds or 0.0 for item in done),
         estimated_cells=len(estimates), estimated_seconds=sum(estimates), unestimated_cells=len(todo) - len(estimates),
+        untimed_cells=sum(item.seconds is None for item in done),
     )

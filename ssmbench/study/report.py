@@ -12,7 +12,7 @@ from ssmbench.leaderboard import ResultRow, read
 from ssmbench.leaderboard_render import PREAMBLE, render_markdown
 from ssmbench.study.config import StudyConfig
 from ssmbench.study.grid import expand
-from ssmbench.study.runner import DONE, read_marker, status
+from ssmbench.study.runner import DONE, finished_marker, recorded_cells, status
 
 # -- the study's table ------------------------------------------------------------------------------
 
@@ -20,9 +20,10 @@ from ssmbench.study.runner import DONE, read_marker, status
 def study_rows(config: StudyConfig) -> list[ResultRow]:
     """The leaderboard rows that this study's finished cells recorded."""
     cells, _ = expand(config)
+    recorded = recorded_cells(config)
     run_ids = set()
     for cell in cells:
-        marker = read_marker(config.run_dir(cell))
+        marker = finished_marker(config, cell, recorded)
         if marker is not None and marker["status"] == DONE:
             run_ids.add(marker["run_id"])
     if not run_ids or not config.leaderboard.is_file():
@@ -74,7 +75,8 @@ def render_study(config: StudyConfig) -> str:
               "above (exact McNemar on per-example outcomes, else Fisher's exact test on the counts).")
     parts = [f"# Study: {config.title} ({config.dataset})", "", caption(config), legend, "", tables, ""]
     cells, skipped = expand(config)
-    unfinished = [s for s in (status(config, cell) for cell in cells) if s.status != DONE]
+    recorded = recorded_cells(config)
+    unfinished = [s for s in (status(config, cell, recorded) for cell in cells) if s.status != DONE]
     if unfinished:
         parts += ["## Not finished", ""]
         parts += [f"- {s.cell.name}: {s.status}{f' ({s.message})' if s.message else ''}" for s in unfinished]

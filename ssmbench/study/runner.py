@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,37 @@ def read_marker(run_dir: Path) -> dict[str, Any] | None:
     return marker
 
 
+def recorded_cells(config: StudyConfig) -> dict[Path, str]:
+    """Run folder (absolute) -> run id, for every folder that the study's leaderboard has rows from.
+
+    The leaderboard is the durable record of a study (`--commit` puts it in git after every cell);
+    run folders are scratch that a fresh clone or a new machine does not have. Reading the rows
+    lets a study resumed there count those cells as done instead of training them again and
+    recording them twice. An unreadable leaderboard gives {}: the first append refuses it with its
+    path and reason, before any row is lost.
+    """
+    if not config.leaderboard.is_file():
+        return {}
+    try:
+        rows = read(config.leaderboard)
+    except LeaderboardError:
+        return {}
+    return {Path(os.path.abspath(Path(row.model).parent)): row.run_id for row in rows}
+
+
+def finished_marker(config: StudyConfig, cell: Cell, recorded: dict[Path, str]) -> dict[str, Any] | None:
+    """The cell's done.json, else a done marker made from its leaderboard rows, else None (unfinished)."""
+    run_dir = config.run_dir(cell)
+    marker = read_marker(run_dir)
+    if marker is not None:
+        return marker
+    run_id = recorded.get(Path(os.path.abspath(run_dir)))
+    if run_id is None:
+        return None
+    return {"status": DONE, "cell": cell.name, "run_id": run_id,
+            "message": f"rows in {config.leaderboard}; its run folder has no done.json (not timed)"}
+
+
 def _is_locked(run_dir: Path) -> bool:
     """Whether another process holds the cell now (checking never creates the lock file)."""
     lock = run_dir / LOCK
@@ -79,9 +111,10 @@ def _epochs_done(run_dir: Path) -> int:
     return len(read_history(history)) if history.is_file() else 0
 
 
-def status(config: StudyConfig, cell: Cell) -> CellStatus:
+def status(config: StudyConfig, cell: Cell, recorded: dict[Path, str] | None = None) -> CellStatus:
+    """`recorded` is `recorded_cells(config)`, read once by callers that ask about many cells."""
     run_dir = config.run_dir(cell)
-    marker = read_marker(run_dir)
+    marker = finished_marker(config, cell, recorded_cells(config) if recorded is None else recorded)
     if marker is not None:
         return CellStatus(cell, marker["status"], marker.get("message", ""), marker.get("epochs", 0), marker.get("seconds"))
     state = RUNNING if _is_locked(run_dir) else PENDING
@@ -91,7 +124,8 @@ def status(config: StudyConfig, cell: Cell) -> CellStatus:
 def plan(config: StudyConfig, shard: tuple[int, int] | None = None) -> list[CellStatus]:
     """The status of every cell this runner would consider, without running anything."""
     cells, _ = expand(config)
-    return [status(config, cell) for cell in select(cells, shard)]
+    recorded = recorded_cells(config)
+    return [status(config, cell, recorded) for cell in select(cells, shard)]
 
 
 # -- running ----------------------------------------------------------------------------------------
@@ -168,11 +202,12 @@ def run_study(
     target = resolve_device(device)
     cells, skipped = expand(config)
     selected = select(cells, shard)
-    observer.on_study_start([status(config, cell) for cell in selected], skipped)
+    recorded = recorded_cells(config)
+    observer.on_study_start([status(config, cell, recorded) for cell in selected], skipped)
     loaded: _Data | None = None  # only a runner with work to do reads the data
     outcomes = []
     for index, cell in enumerate(selected, start=1):
-        marker = read_marker(config.run_dir(cell))
+        marker = finished_marker(config, cell, recorded)
         if marker is not None:
             outcome = CellOutcome(cell, f"skipped: {marker['status']} before")
         else:
