@@ -50,6 +50,13 @@ PACKAGES = {"official": "pyautoattack", "torchattacks": "torchattacks"}
 # The authors' AutoAttack budget for APGD / APGD-T / FAB-T, applied to torchattacks' parts.
 TORCHATTACKS_STANDARD_BUDGET = {"steps": 100, "n_target_classes": 9}
 AUTOATTACK_LOGGER = "auto-attack"
+# The DLR losses divide by a gap between sorted logits: APGD-DLR's by z_pi1 - z_pi3, APGD-T's
+# targeted DLR by z_pi1 - (z_pi3 + z_pi4) / 2 (Croce & Hein 2020, eqs. 5 and 6). With fewer classes
+# the loss is undefined and both implementations index past the logits (GunPoint has 2 classes,
+# a 3-class set would break APGD-T too). Such a part is not run: it fools nothing, and the result
+# carries UNDEFINED_PART_FLAG, so a row never passes for the whole of AutoAttack.
+MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
+UNDEFINED_PART_FLAG = "aa-part-undefined"
 
 # Substring of an AutoAttack log warning -> the flag code we record.
 _WARNING_CODES = (
@@ -109,6 +116,11 @@ class AutoAttackPart(Attack):
         return self._warnings
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            n_classes = model(x[:1]).shape[-1]
+        if n_classes < MIN_CLASSES.get(self.name, 2):
+            self._warnings = (UNDEFINED_PART_FLAG,)
+            return x.clone()
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), _collect_autoattack_warnings() as messages:
             x_adv = self._run(model, x, y)
