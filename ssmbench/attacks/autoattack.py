@@ -57,6 +57,9 @@ AUTOATTACK_LOGGER = "auto-attack"
 # carries UNDEFINED_PART_FLAG, so a row never passes for the whole of AutoAttack.
 MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
 UNDEFINED_PART_FLAG = "aa-part-undefined"
+# Flags that ssmbench's AutoAttack wrapper raises itself (the others are the AutoAttack code's warnings).
+AUTOATTACK_FLAGS = {UNDEFINED_PART_FLAG: "an AutoAttack part whose loss needs more classes than the model has "
+                                         "(APGD-T: 4, APGD-DLR: 3) was not run"}
 
 # Substring of an AutoAttack log warning -> the flag code we record.
 _WARNING_CODES = (

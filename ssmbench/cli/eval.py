@@ -32,6 +32,7 @@ from model_zoo.training import distributed
 from model_zoo.training.perturb import NORMS
 from ssmbench import data
 from ssmbench.attacks import AUTOATTACK_VERSIONS, BACKENDS, SUITES
+from ssmbench.attacks.autoattack import AUTOATTACK_FLAGS
 from ssmbench.byom import CONTRACT_FLAGS, build_user_model, is_callable_spec, load_weights, measure, parse_model_kwargs, user_row, weights_sha256
 from ssmbench.checks import FLAGS, CheckConfig
 from ssmbench.cli._common import LEADERBOARD_HELP, check_seed, console, leaderboard_path, parse_fraction, progress_bar
@@ -141,7 +142,7 @@ def _render(target: str, items: list[_Evaluated]) -> None:
                           f"weights sha256 {item.weights_sha256[:12]}...): evaluated once, both rows record that one result")
     raised = dict.fromkeys(flag for item in items for flag in item.result.flags)
     for flag in raised:
-        console.print(f"flag {flag}: {FLAGS.get(flag) or CONTRACT_FLAGS.get(flag) or 'reported by the AutoAttack code itself (see its log warnings)'}")
+        console.print(f"flag {flag}: {FLAGS.get(flag) or CONTRACT_FLAGS.get(flag) or AUTOATTACK_FLAGS.get(flag) or 'reported by the AutoAttack code itself (see its log warnings)'}")
 
 
 def _kind(item: _Evaluated) -> str:

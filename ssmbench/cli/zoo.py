@@ -22,6 +22,7 @@ from model_zoo.plugins import plugin_of
 from model_zoo.registry import list_models
 from ssmbench import data
 from ssmbench.attacks import BACKENDS
+from ssmbench.attacks.autoattack import AUTOATTACK_FLAGS
 from ssmbench.checks import FLAGS, CheckConfig
 from ssmbench.cli._common import console, parse_fraction, progress_bar
 from ssmbench.cli._settings import default, fraction_default
@@ -190,7 +191,7 @@ def add_command(
         measured = _measure(checkpoint, radius, aa_examples, backend, batch_size, device, data_dir, checks)
         metrics = zoo_metrics(measured["pgd10"], measured["autoattack"])
         for flag in dict.fromkeys(f for result in measured.values() for f in result.flags):
-            console.print(f"[yellow]flag {flag}[/yellow]: {FLAGS.get(flag, 'reported by the AutoAttack code itself')}")
+            console.print(f"[yellow]flag {flag}[/yellow]: {FLAGS.get(flag) or AUTOATTACK_FLAGS.get(flag) or 'reported by the AutoAttack code itself'}")
     entry = zoo.add_entry(checkpoint, name, metrics, description, zoo_file=zoo_file, replace=replace)
     console.print(
         f"{name}: {zoo_file.parent / entry.file} (sha256 {entry.sha256[:12]}...), clean {_interval(metrics, 'clean_acc', 'n_examples', ' ')} "
