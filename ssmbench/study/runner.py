@@ -81,7 +81,10 @@ def recorded_cells(config: StudyConfig) -> dict[Path, str]:
         rows = read(config.leaderboard)
     except LeaderboardError:
         return {}
-    return {Path(os.path.abspath(Path(row.model).parent)): row.run_id for row in rows}
+    recorded: dict[Path, str] = {}
+    for row in rows:  # the first run of a folder is the study's; a later `ssmbench eval` of its checkpoint is not
+        recorded.setdefault(Path(os.path.abspath(Path(row.model).parent)), row.run_id)
+    return recorded
 
 
 def finished_marker(config: StudyConfig, cell: Cell, recorded: dict[Path, str]) -> dict[str, Any] | None:
