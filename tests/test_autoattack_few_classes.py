@@ -64,4 +64,3 @@ def test_standard_autoattack_on_two_classes_runs_the_other_parts_and_flags_the_r
     assert list(result.per_attack) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert result.per_attack["apgd-t"] == result.per_attack["apgd-ce"]  # not run: it fooled nothing
     assert UNDEFINED_PART_FLAG in result.flags
-
