@@ -297,7 +297,11 @@ def test_a_fresh_clone_counts_the_cells_its_committed_leaderboard_holds_as_done(
     Path("study.toml").write_text(TINY.format(out="runs", leaderboard="results.parquet").replace('"st", "pgd"', '"st"'))
     config = load_study(Path("study.toml"))
     run_study(config, Recorder(), device="cpu")
+    # A later evaluation of the cell's checkpoint appends rows of another run to the same leaderboard.
+    assert main(["eval", "runs/s4d-st-none/last.safetensors", "--attack", "pgd10", "--n-examples", "8",
+                 "--no-checks", "--leaderboard", "results.parquet"]) == 0
     recorded = read(config.leaderboard)
+    assert len({row.run_id for row in recorded}) == 2
     shutil.rmtree("runs")  # what a fresh clone has: the leaderboard, no run folders
     recorder = Recorder()
     run_study(config, recorder, device="cpu")
@@ -307,7 +311,9 @@ def test_a_fresh_clone_counts_the_cells_its_committed_leaderboard_holds_as_done(
     code, out = dry_run(Path("study.toml"))
     assert code == 0 and "1 done, 0 failed, 0 running, 0 pending" in out
     assert "1 of them untimed" in out
-    assert "| s4d | ST | 0 | 1 | " in render_study(config) and "Not finished" not in render_study(config)
+    table = render_study(config)
+    assert "| s4d | ST | 0 | 1 | " in table and "Not finished" not in table
+    assert "PGD-10 on 32" in table and "PGD-10 on 8" not in table  # the study's own rows, not the later eval's
 
 
 def test_dry_run_lists_done_and_pending_cells(killed: Killed) -> None:
