@@ -22,6 +22,7 @@ from ssmbench import data
 from ssmbench.attacks import AttackSettings
 from ssmbench.attacks.autoattack import AutoAttackPart
 from ssmbench.attacks.unit_view import UnitView, fold
+from ssmbench.checks import CheckConfig, check_unbounded, unbounded_attack
 from ssmbench.cli import main
 from ssmbench.datasets import DataError
 from ssmbench.evaluate import EvalSettings
@@ -294,3 +295,20 @@ def test_pgd10_suite_on_sequences_records_the_relative_threat_model(trained_gunp
     assert observed.threat_model == "Linf-std-observed"
     with pytest.raises(UsageError, match="does not apply to sequences"):
         ssmbench_evaluate(model, (x, y), "pgd10", EvalSettings(eps=0.5, checks=None, device="cpu", box="unit"))
+
+
+def test_the_unbounded_check_on_sequences_attacks_the_whole_observed_range(trained_gunpoint) -> None:
+    """The sequence analogue of eps = 1 on images: a radius of the training range's full width,
+    inside that range, so every series in it is reachable (not a fixed radius without a box)."""
+    model, x, y = trained_gunpoint
+    attack = unbounded_attack(model, seed=0, config=CheckConfig())
+    width = float(((model.input_high - model.input_low) / model.input_std).max())
+    assert attack.box == "observed" and attack.eps == pytest.approx(width)
+    x_adv = attack.perturb(model, x, y)
+    low, high = model.input_low.view(1, -1, 1), model.input_high.view(1, -1, 1)
+    assert (x_adv >= torch.minimum(low, x) - 1e-5).all() and (x_adv <= torch.maximum(high, x) + 1e-5).all()
+    assert (x_adv - x).abs().max() > 0.5 * (high - low).max()  # it does cross the range
+    outcome = check_unbounded(model, x, y, seed=0, config=CheckConfig())
+    assert outcome.flag is None and "observed box: 0.0% accuracy" in outcome.detail
+    image = unbounded_attack(_small("digits"), seed=0, config=CheckConfig())
+    assert image.eps == 1.0 and image.box is None
