@@ -45,20 +45,23 @@ def _checkpoint_sha256(name: str) -> str | None:
     return file_sha256(path) if path.is_file() else None
 
 
-def pick(rows: Sequence[ResultRow], name: str, suite: str, kind: str = "best", n_examples: int | None = None) -> ResultRow:
+def pick(rows: Sequence[ResultRow], name: str, suite: str, kind: str = "best", n_examples: int | None = None,
+         dataset: str | None = None) -> ResultRow:
     """The newest row of `suite` for `name`: a model as recorded (zoo name or path), a run id, a
     checkpoint file or zoo name (matched by the file's sha256), or a label as the tables print
     it ('s4 + AdS (tanh)', or with the method: 's4 + AdS (tanh), PGD-AT').
 
     When several checkpoint kinds match, `kind` decides; several models or seeds are refused.
-    `n_examples` keeps only results on that many examples (default: the newest result).
+    `n_examples` keeps only results on that many examples (default: the newest result); `dataset`
+    only results on that data set (a label such as 's4, PGD-AT' names one model per data set).
     """
-    return _one_model(_matching(rows, name, suite, kind, n_examples), name)
+    return _one_model(_matching(rows, name, suite, kind, n_examples, dataset), name)
 
 
-def _matching(rows: Sequence[ResultRow], name: str, suite: str, kind: str, n_examples: int | None) -> list[ResultRow]:
+def _matching(rows: Sequence[ResultRow], name: str, suite: str, kind: str, n_examples: int | None,
+              dataset: str | None) -> list[ResultRow]:
     """Every row of `suite` that `name` names (see `pick`), narrowed to the `kind` checkpoint when it matches several."""
-    candidates = [r for r in rows if r.suite == suite and n_examples in (None, r.n_examples)]
+    candidates = [r for r in rows if r.suite == suite and n_examples in (None, r.n_examples) and dataset in (None, r.dataset)]
     found = [r for r in candidates if name in (r.model, r.run_id)]
     if not found:
         sha256 = _checkpoint_sha256(name)
@@ -66,7 +69,7 @@ def _matching(rows: Sequence[ResultRow], name: str, suite: str, kind: str, n_exa
     if not found:
         found = [r for r in candidates if name in (family(r).label, _label(r))]
     if not found:
-        on = "" if n_examples is None else f" on {n_examples} examples"
+        on = ("" if n_examples is None else f" on {n_examples} examples") + ("" if dataset is None else f" on {dataset}")
         raise CompareError(f"no {suite} result{on} for {name!r} in the results file; `ssmbench leaderboard show` lists them")
     if len({r.checkpoint_kind for r in found}) > 1:
         found = [r for r in found if r.checkpoint_kind == kind]
@@ -77,10 +80,12 @@ def _matching(rows: Sequence[ResultRow], name: str, suite: str, kind: str, n_exa
 
 def _one_model(found: list[ResultRow], name: str) -> ResultRow:
     """The newest of rows that must all be one model (one label, training seed and checkpoint)."""
-    models = sorted({(_label(r), r.train_seed, r.checkpoint_sha256) for r in found})
+    models = sorted({(_label(r), r.dataset, r.train_seed, r.checkpoint_sha256) for r in found})
     if len(models) > 1:
-        listed = "; ".join(f"{label} seed {seed} ({sha[:8]})" for label, seed, sha in models)
-        raise CompareError(f"{name!r} matches {len(models)} models ({listed}); name one by its model path or run id")
+        listed = "; ".join(f"{label} on {dataset} seed {seed} ({sha[:8]})" for label, dataset, seed, sha in models)
+        datasets = sorted({dataset for _, dataset, _, _ in models})
+        advice = f"add --dataset ({' or '.join(datasets)})" if len(datasets) > 1 else "name one by its model path or run id"
+        raise CompareError(f"{name!r} matches {len(models)} models ({listed}); {advice}")
     return max(found, key=lambda r: (r.timestamp, r.run_id))
 
 
@@ -117,9 +122,10 @@ def compare(a: ResultRow, b: ResultRow) -> Comparison:
     return Comparison(a, b, paired(pa.robust, pb.robust), paired(pa.clean, pb.clean))
 
 
-def pick_seeds(rows: Sequence[ResultRow], name: str, suite: str, kind: str = "best", n_examples: int | None = None) -> dict[int, ResultRow]:
+def pick_seeds(rows: Sequence[ResultRow], name: str, suite: str, kind: str = "best", n_examples: int | None = None,
+               dataset: str | None = None) -> dict[int, ResultRow]:
     """`pick` once per training seed: a label that names one model per seed (a multi-seed study's cell)."""
-    found = _matching(rows, name, suite, kind, n_examples)
+    found = _matching(rows, name, suite, kind, n_examples, dataset)
     seeds = sorted({r.train_seed for r in found})
     return {seed: _one_model([r for r in found if r.train_seed == seed], f"{name} (seed {seed})") for seed in seeds}
 

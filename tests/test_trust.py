@@ -277,6 +277,28 @@ def test_pick_refuses_a_label_that_names_several_models() -> None:
         pick(rows, "b", "pgd10", n_examples=7)
 
 
+def test_compare_dataset_picks_one_of_a_label_recorded_on_several_data_sets(tmp_path: Path, capsys) -> None:
+    """A time-series results file holds 's4, PGD-AT' for GunPoint and BasicMotions: without --dataset
+    the label is ambiguous and the error says which option resolves it; with it, one pair is compared."""
+    gunpoint = [row("g-ads", flags(150, 100), flags(150, 90), dataset="gunpoint", ads="tanh"),
+                row("g-plain", flags(150, 100), flags(150, 80), dataset="gunpoint")]
+    motions = [row("m-ads", flags(40, 40), flags(40, 40), dataset="basicmotions", ads="tanh", labels="e" * 64),
+               row("m-plain", flags(40, 40), flags(40, 30), dataset="basicmotions", labels="e" * 64)]
+    rows = gunpoint + motions
+    with pytest.raises(CompareError, match=r"matches 2 models .*on basicmotions.*on gunpoint.*add --dataset \(basicmotions or gunpoint\)"):
+        pick(rows, "s4, PGD-AT", "pgd10")
+    assert pick(rows, "s4, PGD-AT", "pgd10", dataset="gunpoint").run_id == "g-plain"
+    assert pick_seeds(rows, "s4 + AdS (tanh), PGD-AT", "pgd10", dataset="basicmotions")[0].run_id == "m-ads"
+    with pytest.raises(CompareError, match="no pgd10 result on digits for 's4, PGD-AT'"):
+        pick(rows, "s4, PGD-AT", "pgd10", dataset="digits")
+    path = tmp_path / "timeseries.parquet"
+    lb.append(path, rows)
+    assert main(["leaderboard", "compare", "s4 + AdS (tanh), PGD-AT", "s4, PGD-AT", "--dataset", "basicmotions",
+                 "--leaderboard", str(path)]) == 0
+    robust = next(line for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["robust"])
+    assert robust.split()[-3:-1] == ["10", "0"]  # 40 vs 30 robust series, one set inside the other
+
+
 # -- the published tables -------------------------------------------------------------------------
 
 

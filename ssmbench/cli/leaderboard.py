@@ -207,6 +207,7 @@ def compare_command(
     ckpt: str = typer.Option("best", "--ckpt", help="best or last, when a name matches both checkpoints."),
     n_examples: int = typer.Option(None, "--n-examples", help="Only results on this many examples (default: the newest)."),
     seeds: bool = typer.Option(False, "--seeds", help="A and B are labels with several training seeds: pair them seed by seed, then summarize over the seeds."),
+    dataset: str = typer.Option(None, "--dataset", help="Only results on this data set, for a label that a results file holds for several (e.g. gunpoint)."),
     results: Path | None = LEADERBOARD_OPTION,
     old_path: Path | None = PATH_ALIAS,
 ) -> None:
@@ -220,14 +221,17 @@ def compare_command(
     Example: ssmbench leaderboard compare s4-pgd-tanh-digits s5-pgd-none-digits --attack pgd10
 
     Example: ssmbench leaderboard compare "s4 (released) + AdS (tanh), PGD-AT" "s4 (released), PGD-AT" --seeds --attack autoattack
+
+    Example: ssmbench leaderboard compare "s5, PGD-AT" "s5, ST" --seeds --ckpt last --dataset gunpoint --leaderboard leaderboards/timeseries.parquet
     """
     path = _results(results, old_path)
     rows = leaderboard.read(path)
     console.print(f"{path}:", soft_wrap=True)
     if seeds:
-        _print_seed_comparison(a, b, compare_seeds(pick_seeds(rows, a, suite, ckpt, n_examples), pick_seeds(rows, b, suite, ckpt, n_examples)))
+        _print_seed_comparison(a, b, compare_seeds(pick_seeds(rows, a, suite, ckpt, n_examples, dataset),
+                                                   pick_seeds(rows, b, suite, ckpt, n_examples, dataset)))
         return
-    result = compare(pick(rows, a, suite, ckpt, n_examples), pick(rows, b, suite, ckpt, n_examples))
+    result = compare(pick(rows, a, suite, ckpt, n_examples, dataset), pick(rows, b, suite, ckpt, n_examples, dataset))
     console.print(f"A: {a}: {describe(result.a)}")
     console.print(f"B: {b}: {describe(result.b)}")
     console.print(f"on {examples_text(result.a)}, {result.a.threat_model} eps {format_eps(result.a.eps)}")
