@@ -69,7 +69,9 @@ SCHEMA_VERSION = 2
 _VERSION_KEY = b"ssmbench.schema_version"
 _ROWS_SHA256_KEY = b"ssmbench.rows_sha256"
 CHECKPOINT_KINDS = ("best", "last", "")
-SELECTIONS = ("val", "test")  # how "best" was chosen: on held-out training images, or on the test set
+# How "best" was chosen: on held-out training images or on the test set, by PGD-10 accuracy or
+# (-loss) by PGD-10 cross-entropy (TrainConfig.selection).
+SELECTIONS = ("val", "test", "val-loss", "test-loss")
 CHECKED, FLAGGED, NOT_CHECKED = "passed", "flagged", "not checked"
 
 
@@ -195,7 +197,7 @@ def _row_problem(row: ResultRow) -> str | None:
     if stamp.tzinfo is None:
         return f"time must carry a UTC offset (e.g. {utc_now()}), got {row.time!r}"
     if row.selection not in SELECTIONS:
-        return f"selection must be 'val' or 'test', got {row.selection!r}"
+        return f"selection must be one of {', '.join(SELECTIONS)}, got {row.selection!r}"
     if row.check_examples < 0 or bool(row.checks_run) != (row.check_examples > 0):
         return f"checks_run {list(row.checks_run)} and check_examples {row.check_examples} disagree"
     return _outcomes_problem(row)

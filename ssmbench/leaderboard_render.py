@@ -332,7 +332,8 @@ def _caption(lines: list[Line]) -> str:
         for suite, (_, long) in SUITES.items()
         if counts[suite]
     ]
-    where = {"test": "the test images", "val": "held-out training images"}
+    where = {"test": "the test images", "val": "held-out training images",
+             "test-loss": "the test images (lowest cross-entropy)", "val-loss": "held-out training images (lowest cross-entropy)"}
     chosen = "; ".join(
         f"{where.get(sel, sel)}{'' if len(selections) == 1 else f' ({len(selections[sel])} models)'}"
         for sel in sorted(selections)

@@ -232,6 +232,9 @@ def test_val_examples_reach_the_trainer_and_the_caption(tmp_path: Path) -> None:
     assert config.train_config("pgd", 0).val_examples == 16 and config.train_config("pgd", 0).selection == "val"
     assert "highest PGD-10 accuracy on 16 held-out training images" in render_study(config)
     assert load_study(write_study(tmp_path, TINY)).train_config("pgd", 0).selection == "test"
+    by_loss = load_study(write_study(tmp_path, TINY.replace("eval_examples = 32", "eval_examples = 32\nval_examples = 16\nselect_by = \"loss\"")))
+    assert by_loss.train_config("pgd", 0).selection == "val-loss"
+    assert "lowest PGD-10 cross-entropy on 16 held-out training images" in render_study(by_loss)
     for study in ("digits.toml", "digits-long.toml", "digits-full.toml", "digits-convergence.toml", "fashion-mnist.toml", "fashion-mnist-full.toml", "smoke.toml"):
         assert load_study(STUDIES / study).train.val_examples > 0, study
 

@@ -210,6 +210,32 @@ def test_val_selection_never_touches_test_images(digits: tuple[Data, Data], tmp_
     assert meta.metrics["val_pgd10_acc"] == pytest.approx(0.3)
 
 
+@pytest.mark.parametrize(("select_by", "best_epoch", "selection"), [("accuracy", 1, "val"), ("loss", 2, "val-loss")])
+def test_loss_selection_ranks_epochs_that_accuracy_ties(digits: tuple[Data, Data], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        select_by: str, best_epoch: int, selection: str) -> None:
+    """On a small hold-out every epoch can score the same PGD-10 accuracy: accuracy selection then
+    keeps the first epoch, loss selection the one with the lowest held-out PGD-10 cross-entropy."""
+    train_data, test_data = small(digits[0], 64), small(digits[1], 16)
+    config = TrainConfig.from_settings(method="pgd", epochs=3, batch_size=32, eps=0.1, alpha=0.03, steps=1, val_examples=8,
+                                       select_by=select_by, seed=1)
+    real_evaluate = trainer.evaluate_pgd10
+    val_losses = iter([0.9, 0.3, 0.6])
+
+    def spy(model, x, y, eps, alpha, batch_size, seed, split="test", norm="linf"):  # noqa: ANN001, ANN202
+        numbers = real_evaluate(model, x, y, eps, alpha, batch_size, seed, split=split, norm=norm)
+        if split == "val":
+            numbers |= {"val_adv_acc": 0.5, "val_adv_loss": next(val_losses)}
+        return numbers
+
+    monkeypatch.setattr(trainer, "evaluate_pgd10", spy)
+    result = train(tiny_model(), train_data, test_data, config, tmp_path)
+    assert result.best.epoch == best_epoch
+    meta = read_meta(tmp_path / "best.safetensors")[0]
+    assert meta.epoch == best_epoch and meta.training["selection"] == selection and meta.training["select_by"] == select_by
+    with pytest.raises(UsageError, match="select_by must be one of accuracy, loss"):
+        TrainConfig.from_settings(select_by="margin")
+
+
 def test_test_selection_stays_the_default(digits: tuple[Data, Data], tmp_path: Path) -> None:
     train_data, test_data = small(digits[0], 32), small(digits[1], 16)
     result = train(tiny_model(), train_data, test_data, TrainConfig.from_settings(method="st", epochs=1, batch_size=32), tmp_path)

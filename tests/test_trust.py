@@ -307,6 +307,16 @@ def _line(text: str, label: str) -> list[str]:
     return [cell.strip() for cell in found.strip("|").split("|")]
 
 
+def test_a_loss_selected_row_is_kept_and_its_caption_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "results.parquet"
+    lb.append(path, [row("r1", flags(40, 40), flags(40, 30), selection="val-loss")])
+    (back,) = lb.read(path)
+    assert back.selection == "val-loss"
+    assert "Best checkpoint selected by PGD-10 on held-out training images (lowest cross-entropy)." in render_markdown(lb.read(path))
+    with pytest.raises(UsageError, match="selection must be one of val, test, val-loss, test-loss"):
+        lb.append(path, [row("r2", flags(40, 40), flags(40, 30), selection="margin")])
+
+
 def test_markdown_shows_wilson_intervals_and_checked_flagged_not_checked() -> None:
     n = 360
     rows = [

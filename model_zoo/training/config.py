@@ -24,6 +24,11 @@ from model_zoo.training.methods import METHODS, list_methods
 from model_zoo.training.settings import NORMS, MethodParams, Optimization, ThreatModel
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# What ranks epochs for best.safetensors (the trainer's SELECTION_SCORES): the PGD-10 accuracy on
+# the selection images (the paper's), or their PGD-10 cross-entropy, which is continuous, so that a
+# hold-out of 8 or 10 series still ranks epochs instead of tying (and keeping the earliest).
+# Each rule with the words reports use for it.
+SELECT_BY = {"accuracy": "highest PGD-10 accuracy", "loss": "lowest PGD-10 cross-entropy"}
 # Keys of the flat form that are derived from the settings, not settings themselves.
 DERIVED_KEYS = ("threat_model", "effective_epochs")
 
@@ -52,6 +57,10 @@ class TrainConfig:
     val_examples: int = field(default=0, metadata={"help": (
         "Hold out N training images (a split fixed by --seed) and choose the best checkpoint by PGD-10 on them, "
         "not on the test images; 0: the paper's protocol (choose on test).")})
+    select_by: str = field(default="accuracy", metadata={"help": (
+        "What ranks epochs for the best checkpoint: accuracy (highest PGD-10 accuracy on the selection images, "
+        "ties keep the earlier epoch: the paper's) | loss (lowest PGD-10 cross-entropy on them: continuous, "
+        "so a hold-out of a few examples still ranks epochs).")})
     seed: int = field(default=0, metadata={"help": "One seed for the initial weights, data order and attack noise."})
     precision: str = field(default="auto", metadata={"help": (
         "Training passes: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (CUDA only). "
@@ -66,6 +75,8 @@ class TrainConfig:
         if self.threat.norm not in spec.norms:
             capable = [name for name in list_methods() if self.threat.norm in METHODS.get(name).norms]
             raise UsageError(f"{self.method} trains against {', '.join(spec.norms)} only; for {self.threat.norm} use {', '.join(capable)}")
+        if self.select_by not in SELECT_BY:
+            raise UsageError(f"select_by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("epochs", "batch_size", "eval_examples", "train_examples"):
@@ -95,8 +106,10 @@ class TrainConfig:
 
     @property
     def selection(self) -> str:
-        """Which images choose the best checkpoint: "val" (held-out training images) or "test"."""
-        return "val" if self.val_examples else "test"
+        """How the best checkpoint is chosen: on which images, "val" (held-out training images) or
+        "test", with "-loss" when their PGD-10 cross-entropy ranks the epochs instead of accuracy."""
+        images = "val" if self.val_examples else "test"
+        return images if self.select_by == "accuracy" else f"{images}-loss"
 
     def to_dict(self) -> dict[str, Any]:
         """The flat form (module docstring), plus the derived threat_model label and effective_epochs."""

@@ -5,7 +5,8 @@
     >>> result = train(model, (x_train, y_train), (x_test, y_test), TrainConfig(method="pgd", epochs=10), "runs/s4d")
 
 After every epoch the run directory holds:
-  best.safetensors   the epoch with the highest PGD-10 robust accuracy on the selection set:
+  best.safetensors   the epoch with the highest PGD-10 robust accuracy (select_by "loss": the
+                     lowest PGD-10 cross-entropy) on the selection set:
                      the held-out training images with `val_examples` > 0 ("selection": "val"),
                      else the test eval subset (the paper's protocol, "selection": "test")
   last.safetensors   the latest epoch
@@ -84,10 +85,19 @@ def _val_pgd10(record: EpochRecord) -> float:
     return record.val_adv_acc
 
 
-# The metric that ranks epochs for best.safetensors, by TrainConfig.selection.
+def _val_pgd10_loss(record: EpochRecord) -> float:
+    if record.val_adv_loss is None:
+        raise RunError(f"epoch {record.epoch} has no PGD-10 loss on the held-out images to select on")
+    return -record.val_adv_loss
+
+
+# The metric that ranks epochs for best.safetensors (higher is better; a tie keeps the earlier
+# epoch), by TrainConfig.selection.
 SELECTION_SCORES: dict[str, Callable[[EpochRecord], float]] = {
     "val": _val_pgd10,
     "test": lambda record: record.test_adv_acc,
+    "val-loss": _val_pgd10_loss,
+    "test-loss": lambda record: -record.test_adv_loss,
 }
 
 

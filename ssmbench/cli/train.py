@@ -37,7 +37,7 @@ from model_zoo.training import (
     seed_everything,
     train,
 )
-from model_zoo.training.config import PRECISIONS
+from model_zoo.training.config import PRECISIONS, SELECT_BY
 from model_zoo.training.trainer import resolve_precision
 from ssmbench import data
 from ssmbench.cli._common import console, parse_fraction, progress_bar
@@ -121,6 +121,7 @@ def train_command(
     eval_examples: int = setting(TrainConfig, "eval_examples"),
     train_examples: int = setting(TrainConfig, "train_examples"),
     val_examples: int = setting(TrainConfig, "val_examples"),
+    select_by: str = setting(TrainConfig, "select_by"),
     seed: int = setting(TrainConfig, "seed"),
     grad_clip: float = setting(Optimization, "grad_clip"),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA)."),
@@ -148,7 +149,7 @@ def train_command(
         method=at, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, norm=norm, eps=parse_fraction(eps, "--eps"),
         alpha=None if alpha is None else parse_fraction(alpha, "--alpha"), steps=steps, trades_beta=trades_beta, mart_beta=mart_beta,
         freeat_m=freeat_m, freeat_full_epochs=freeat_full_epochs, yopo_m=yopo_m, yopo_n=yopo_n,
-        eval_examples=eval_examples, train_examples=train_examples, val_examples=val_examples, seed=seed, grad_clip=grad_clip, precision=precision,
+        eval_examples=eval_examples, train_examples=train_examples, val_examples=val_examples, select_by=select_by, seed=seed, grad_clip=grad_clip, precision=precision,
     ).resolved(dataset)
     with distributed.process_group(resolve_device(device)) as target:
         resolve_precision(precision, target)  # refuse bf16 on a CPU before loading anything
@@ -173,7 +174,7 @@ def train_command(
                            observer=observer, resume=resume, compile_model=compile_model)
     say.print(_summary(result.best, result.last))
     chosen = f"{config.val_examples} held-out training images" if config.val_examples else "the test eval subset (the paper's protocol)"
-    say.print(f"best = the epoch with the highest PGD-10 accuracy on {chosen}")
+    say.print(f"best = the epoch with the {SELECT_BY[config.select_by]} on {chosen}")
     say.print(f"wrote {result.best_path}, {result.last_path}, {out / 'history.parquet'}, {out / 'curves.png'}")
 
 

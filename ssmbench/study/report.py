@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from model_zoo.registry import list_models
+from model_zoo.training.config import SELECT_BY
 from ssmbench.attacks import get_suite_spec
 from ssmbench.leaderboard import ResultRow, read
 from ssmbench.leaderboard_render import PREAMBLE, render_markdown
@@ -49,7 +50,7 @@ def caption(config: StudyConfig) -> str:
         f"Trained {_count(train.epochs or 0, 'epoch')} (FreeAT {_count(freeat.effective_epochs, 'epoch')} x {replays} replays) on {train_set}, "
         f"batch {train.batch_size}, {train.optim.optimizer} lr {train.optim.lr:g} ({train.optim.schedule}), weight decay {train.optim.weight_decay:g}, "
         f"{_count(len(config.seeds), 'seed')} ({', '.join(map(str, config.seeds))}); model: {model}. "
-        f"Best = the epoch with the highest PGD-10 accuracy on {selection_set}. Evaluated: {'; '.join(suites)}. "
+        f"Best = the epoch with the {SELECT_BY[train.select_by]} on {selection_set}. Evaluated: {'; '.join(suites)}. "
         + ("Sanity checks on every evaluation." if config.checks else "Sanity checks off (checks = false): the rows say not checked.")
     )
 
