@@ -192,6 +192,7 @@ def test_studies_that_own_a_published_file_name_it_and_others_default_to_the_use
         "fashion-mnist.toml": Path("leaderboards/results.parquet"),
         "smoke.toml": Path("runs/study-smoke/results.parquet"),
         "timeseries-acsf1.toml": Path("leaderboards/timeseries.parquet"),
+        "timeseries-basicmotions-checks.toml": Path("leaderboards/timeseries-checks.parquet"),
         "timeseries-basicmotions.toml": Path("leaderboards/timeseries.parquet"),
         "timeseries-gunpoint.toml": Path("leaderboards/timeseries.parquet"),
     }

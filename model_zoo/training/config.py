@@ -29,6 +29,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # hold-out of 8 or 10 series still ranks epochs instead of tying (and keeping the earliest).
 # Each rule with the words reports use for it.
 SELECT_BY = {"accuracy": "highest PGD-10 accuracy", "loss": "lowest PGD-10 cross-entropy"}
+PAPER_SELECT_BY = "accuracy"
 # Keys of the flat form that are derived from the settings, not settings themselves.
 DERIVED_KEYS = ("threat_model", "effective_epochs")
 
@@ -57,7 +58,7 @@ class TrainConfig:
     val_examples: int = field(default=0, metadata={"help": (
         "Hold out N training images (a split fixed by --seed) and choose the best checkpoint by PGD-10 on them, "
         "not on the test images; 0: the paper's protocol (choose on test).")})
-    select_by: str = field(default="accuracy", metadata={"help": (
+    select_by: str = field(default=PAPER_SELECT_BY, metadata={"help": (
         "What ranks epochs for the best checkpoint: accuracy (highest PGD-10 accuracy on the selection images, "
         "ties keep the earlier epoch: the paper's) | loss (lowest PGD-10 cross-entropy on them: continuous, "
         "so a hold-out of a few examples still ranks epochs).")})
@@ -109,13 +110,19 @@ class TrainConfig:
         """How the best checkpoint is chosen: on which images, "val" (held-out training images) or
         "test", with "-loss" when their PGD-10 cross-entropy ranks the epochs instead of accuracy."""
         images = "val" if self.val_examples else "test"
-        return images if self.select_by == "accuracy" else f"{images}-loss"
+        return images if self.select_by == PAPER_SELECT_BY else f"{images}-loss"
 
     def to_dict(self) -> dict[str, Any]:
-        """The flat form (module docstring), plus the derived threat_model label and effective_epochs."""
+        """The flat form (module docstring), plus the derived threat_model label and effective_epochs.
+
+        select_by is written only when it is not PAPER_SELECT_BY (the default): a run that selects as
+        every run did before the option existed writes the metadata such runs always wrote.
+        """
         flat: dict[str, Any] = {}
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
+            if item.name == "select_by" and value == PAPER_SELECT_BY:
+                continue
             if item.name in ("threat", "optim"):
                 flat |= {k: v for k, v in dataclasses.asdict(value).items() if k != "norm"}
             elif item.name == "params":
