@@ -167,8 +167,12 @@ def test_shared_kernels_give_the_same_update_up_to_float_rounding(arch: str, met
     plain_adv, plain_weights = run_epoch(arch, method)
     for name, weight in shared_weights_after.items():
         torch.testing.assert_close(weight, plain_weights[name], rtol=1e-5, atol=1e-6, msg=name)
-    for ours, theirs in zip(shared_adv, plain_adv):
-        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    assert torch.equal(shared_adv[0], plain_adv[0])  # the first batch attacks the very same weights
+    for ours, theirs in zip(shared_adv[1:], plain_adv[1:]):
+        # Later batches attack weights that differ by rounding, and sign() turns an input-gradient
+        # component within rounding of zero into a whole step (seen: 1 pixel of 256, s4-trades).
+        assert (ours != theirs).float().mean() <= 0.02
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0.02)
     assert not torch.equal(shared_weights_after["encoder.weight"], small_model(arch).encoder.weight.detach())
 
 

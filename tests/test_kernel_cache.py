@@ -118,3 +118,34 @@ def test_fft_causal_conv_backward_is_the_exact_adjoint(needs: tuple[bool, bool])
     direct = torch.stack([sum(k[:, s] * u[..., t - s] for s in range(t + 1)) for t in range(13)], dim=-1)
     torch.testing.assert_close(conv(u, k), direct, rtol=1e-12, atol=1e-12)
     assert gradcheck(conv, (u, k))
+
+
+def test_fft_causal_conv_in_blocks_equals_the_whole_batch_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 2 rows over 5 (the last one short): outputs and input gradients bit-identical to
+    one block holding the whole batch, the kernel gradient equal to rounding, and gradcheck passes."""
+    from torch.autograd import gradcheck
+
+    from model_zoo.layers import base
+    from model_zoo.layers.base import FFTCausalConv, fft_block_rows, fft_size
+
+    torch.manual_seed(0)
+    length, channels = 13, 4
+    n = fft_size(length)
+    u = torch.randn(5, channels, length, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(channels, length, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, channels, length, dtype=torch.float64)
+
+    def conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return FFTCausalConv.apply(u, k, torch.fft.rfft(k.detach(), n=n), n)
+
+    results = {}
+    for rows in (2, 5):
+        monkeypatch.setattr(base, "FFT_BLOCK_FLOATS", rows * channels * n)
+        assert fft_block_rows(channels, n) == rows
+        y = conv(u, k)
+        results[rows] = (y.detach(), *torch.autograd.grad((y * weight).sum(), (u, k)))
+    assert torch.equal(results[2][0], results[5][0])
+    assert torch.equal(results[2][1], results[5][1])
+    torch.testing.assert_close(results[2][2], results[5][2], rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(base, "FFT_BLOCK_FLOATS", 2 * channels * n)
+    assert gradcheck(conv, (u, k))

@@ -82,3 +82,21 @@ def test_lti_mixers_agree_under_both_algorithms(arch: str, length: int, monkeypa
     for train in (True, False):
         for ours, theirs in zip(results["direct", train], results["fft", train]):
             torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", ["s4", "dss", "s4d"])
+@pytest.mark.parametrize("length", [8, 65])
+def test_the_skip_term_folded_into_the_lag0_tap_equals_k_conv_u_plus_d_u(arch: str, length: int) -> None:
+    """core(x) convolves with K' = K + D e_0; it must equal K * u + D u written out, and D's
+    gradient must be the one of the explicit sum (float64, both algorithms: L 8 direct, 65 FFT)."""
+    torch.manual_seed(0)
+    mixer = get_mixer(arch).cls(6, d_state=4).double()
+    x = torch.randn(3, length, 6, dtype=torch.float64)
+    u = x.transpose(1, 2)
+    explicit = (loop_reference(u, mixer.kernel(length)) + mixer.d[:, None] * u).transpose(1, 2)
+    ours = mixer.core(x)
+    torch.testing.assert_close(ours, explicit, rtol=1e-10, atol=1e-12)
+    weight = torch.randn_like(ours)
+    (grad_d,) = torch.autograd.grad((ours * weight).sum(), mixer.d)
+    (expected_d,) = torch.autograd.grad((explicit * weight).sum(), mixer.d)
+    torch.testing.assert_close(grad_d, expected_d, rtol=1e-10, atol=1e-12)
