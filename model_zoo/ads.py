@@ -97,7 +97,7 @@ class AdaptiveScaling(nn.Module):
         self.shift = nn.Linear(dim, dim)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        weights = (self.scale.weight, self.scale.bias, self.shift.weight, self.shift.bias)
+        weights: tuple[torch.Tensor, ...] = (self.scale.weight, self.scale.bias, self.shift.weight, self.shift.bias)
         if weights_frozen(self):  # an attack pass: no gradient to the weights, so none computed
             weights = tuple(weight.detach() for weight in weights)
         return AdSGate.apply(y, self.act_name, *weights)

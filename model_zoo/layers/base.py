@@ -109,7 +109,7 @@ def fft_size(length: int) -> int:
 # Floats of zero-padded input per block of `FFTCausalConv` (2 MiB): the transforms of a whole
 # batch at once (B x H x 2L floats, 51 MB complex at the MNIST preset) stream through memory several
 # times per pass; block by block, the rfft, the spectral product and the irfft of one block run
-# while it is in cache. Measured (2-core AMD EPYC, torch 2.13 CPU, 2 threads, B 64, H 128, L 784,
+# while it is in cache. Measured (2-core Intel Xeon, torch 2.13 CPU, 2 threads, B 64, H 128, L 784,
 # the convolution alone, medians of 5 interleaved rounds, study runners paused): forward + backward
 # 75 ms blocked (4 batch rows per block, 3.2 MB) vs 161 ms whole-batch (0.47x); with the input
 # gradient only (the attacks) 49 vs 125 ms (0.39x). Blocks of 1 to 4 rows measured alike (0.44x to

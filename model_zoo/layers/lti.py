@@ -20,6 +20,17 @@ not published figures):
 Direct wins up to L = 64 (digits, 8x8) in both the attack passes, which dominate adversarial
 training, and the training pass; past 64 the training pass turns against it and by 256 the attack
 passes do too (its L^2 work against the FFT's L log L). Hence the threshold 64.
+
+Rechecked after the FFT convolution began to work in cache-sized blocks (model_zoo/layers/base.py,
+about 2x faster at L = 784), same method, on this project's later machine (2-core Intel Xeon), the
+study runners paused:
+
+    L                                16     32     64    100    128    196    256
+    input gradient only (attacks)  3.58x  2.45x  1.45x  1.38x  0.71x  0.82x  0.59x
+    input + kernel gradient        3.68x  3.45x  1.76x  1.13x  0.72x  0.58x  0.39x
+
+Direct still wins at 64 and now at 100 as well; the threshold stays 64 so that the committed
+BasicMotions study (L = 100) reruns on the algorithm its rows were computed with.
 """
 
 from __future__ import annotations
