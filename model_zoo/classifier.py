@@ -12,17 +12,34 @@ define its threat model (`input_bounds`): eps is a fraction of each channel's tr
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from model_zoo.bounds import BOXES, Bounds
 from model_zoo.config import ModelConfig
 from model_zoo.errors import UsageError
+from model_zoo.frozen import weights_frozen
 from model_zoo.layers import get_mixer
 from model_zoo.layers.attention import SelfAttention
 
 SEQUENCE_BOXES = ("none", "observed")  # the [0, 1] box is for images only
 MIN_STD = 1e-8  # a constant channel keeps unit scale instead of dividing by zero
+
+# Activation floats (tokens x d_model) per block of batch rows in a pass through frozen weights
+# (eval mode, `frozen_weights`: every attack), 2 MiB. Each example's logits depend on its own row
+# only, so a batch run block by block gives the same logits and input gradients up to float rounding
+# (a GEMM over fewer rows may take another kernel: bit-identical for every mixer at the digits
+# preset in 32-row blocks, 1e-5 relative at test sizes), while a block's activations stay in cache. Measured (2-core Intel
+# Xeon, torch 2.13 CPU, 2 threads, study runners paused; forward + input gradient, medians of 5
+# rounds in one process; whole batch -> 64-row blocks at digits' L = 64, d_model 128, batch 256):
+# S4 48.0 -> 36.7 ms, S4 + AdS tanh 97.8 -> 76.3, S5 122.9 -> 99.7, Mega 188.4 -> 168.3; at
+# MNIST's L = 784 and batch 64 (blocks of 4-8 rows): Mega 1386 -> 861-886 ms, S5 369 -> 306-321,
+# S4 and DSS + AdS level (0.92x-1.06x). Mamba measured 1.38x slower in blocks (its scan tiles the
+# batch itself) and opts out (`row_blocks` in the mixer registry). Training passes never run in
+# blocks: they would rebuild the kernels per block and sum the weight gradients in another order.
+FROZEN_BLOCK_FLOATS = 1 << 19
 
 
 class Block(nn.Module):
@@ -68,6 +85,7 @@ class SequenceClassifier(nn.Module):
             for _ in range(config.n_layers)
         )
         self.head = nn.Linear(config.d_model, config.classes)
+        self.row_blocks = spec.row_blocks
         if config.input_kind == "sequence":  # identity until fit_input sets the training statistics
             channels = config.channels
             self.register_buffer("input_mean", torch.zeros(channels))
@@ -118,7 +136,22 @@ class SequenceClassifier(nn.Module):
         n, c, h, w = x.shape
         return x.reshape(n, c, h * w).transpose(1, 2)
 
+    def frozen_block_rows(self, inputs: torch.Tensor) -> int:
+        """Batch rows per block of this pass: the whole batch unless the weights are frozen (see
+        FROZEN_BLOCK_FLOATS); at least one row."""
+        if inputs.ndim < 3 or not (self.row_blocks and weights_frozen(self)):  # a bad shape goes on to its error
+            return inputs.shape[0] if inputs.ndim else 0
+        tokens = math.prod(inputs.shape[2:])  # H * W pixels, or L steps
+        return max(1, FROZEN_BLOCK_FLOATS // (tokens * self.config.d_model))
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        rows = self.frozen_block_rows(inputs)
+        if 0 < rows < len(inputs):
+            return torch.cat([self.logits(block) for block in inputs.split(rows)])
+        return self.logits(inputs)
+
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The forward pass itself, on one block of rows."""
         x = self.encoder_norm(self.encoder(self.to_sequence(inputs)))
         for block in self.blocks:
             x = block(x)

@@ -79,15 +79,23 @@ def component_sites(model: nn.Module) -> list[ComponentSite]:
 
 
 class ActivationRecorder:
-    """Forward hooks that keep the input and output of the given modules for one forward pass."""
+    """Forward hooks that keep the input and output of the given modules for one forward pass.
+
+    A pass through frozen weights may call each module once per block of batch rows
+    (SequenceClassifier.frozen_block_rows); the blocks are joined along the batch axis.
+    """
 
     def __init__(self, modules: Iterator[nn.Module]) -> None:
-        self.records: dict[tuple[int, str], torch.Tensor] = {}
+        self._blocks: dict[tuple[int, str], list[torch.Tensor]] = {}
         self._handles = [module.register_forward_hook(self._hook) for module in dict.fromkeys(modules)]
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        self.records[(id(module), "input")] = inputs[0].detach()
-        self.records[(id(module), "output")] = output.detach()
+        self._blocks.setdefault((id(module), "input"), []).append(inputs[0].detach())
+        self._blocks.setdefault((id(module), "output"), []).append(output.detach())
+
+    @property
+    def records(self) -> dict[tuple[int, str], torch.Tensor]:
+        return {key: torch.cat(blocks) for key, blocks in self._blocks.items()}
 
     def close(self) -> None:
         for handle in self._handles:

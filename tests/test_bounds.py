@@ -113,19 +113,19 @@ def test_every_recorded_interval_encloses_perturbed_activations(name, test_set):
     modules = {id(m): m for m in model64.modules()}
     for eps in (1e-5, 8 / 255):
         propagation = bounds.propagate(model64, images, labels, eps)
-        recorder = ActivationRecorder(iter(modules[key[0]] for key in propagation.records))
-        try:
-            for point in _samples(images, eps, generator):
+        for point in _samples(images, eps, generator):
+            recorder = ActivationRecorder(iter(modules[key[0]] for key in propagation.records))  # one pass each
+            try:
                 with torch.no_grad():
                     logits = model64(point)
-                for key, box in propagation.records.items():
-                    value = recorder.records[key]
-                    assert box.contains(value, tol=1e-9 * (1 + value.abs().max().item())), (name, eps, type(modules[key[0]]).__name__, key[1])
-                margins = logits.gather(1, labels[:, None]) - logits
-                lower = propagation.margins.masked_fill(propagation.margins == torch.inf, -torch.inf)  # j = y: no claim
-                assert (margins >= lower - 1e-9).all()
-        finally:
-            recorder.close()
+            finally:
+                recorder.close()
+            for key, box in propagation.records.items():
+                value = recorder.records[key]
+                assert box.contains(value, tol=1e-9 * (1 + value.abs().max().item())), (name, eps, type(modules[key[0]]).__name__, key[1])
+            margins = logits.gather(1, labels[:, None]) - logits
+            lower = propagation.margins.masked_fill(propagation.margins == torch.inf, -torch.inf)  # j = y: no claim
+            assert (margins >= lower - 1e-9).all()
     finite = bounds.propagate(model64, images, labels, 1e-5).records
     assert all(torch.isfinite(box.upper).all() for box in finite.values())  # the small radius is informative
 

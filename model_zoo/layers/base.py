@@ -32,24 +32,27 @@ class MixerSpec:
     supports_ads: bool
     residual: bool
     description: str
+    row_blocks: bool = True
 
 
 MIXERS: Registry[MixerSpec] = Registry("architecture", ZooError)
 
 
 def register_mixer(
-    name: str, *, causal: bool, supports_ads: bool = True, residual: bool = True
+    name: str, *, causal: bool, supports_ads: bool = True, residual: bool = True, row_blocks: bool = True
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: make a mixer buildable by name.
 
     causal: output at t depends only on inputs up to t (tested for every causal mixer).
     supports_ads: the mixer has an SSM output for AdS to gate (all but Mega).
     residual: the block adds the input back (Mega mixes the input into its own update gate).
+    row_blocks: passes through frozen weights may run in blocks of batch rows
+    (model_zoo/classifier.py); Mamba's scan tiles the batch itself and measured slower in blocks.
     """
 
     def spec(cls: type[nn.Module]) -> MixerSpec:
         doc = (cls.__doc__ or "").strip().splitlines()
-        return MixerSpec(name, cls, causal, supports_ads, residual, doc[0] if doc else "")
+        return MixerSpec(name, cls, causal, supports_ads, residual, doc[0] if doc else "", row_blocks)
 
     return MIXERS.register(name, spec)
 

@@ -334,7 +334,7 @@ def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     return x + torch.log(-torch.expm1(-x))
 
 
-@register_mixer("mamba", causal=True)
+@register_mixer("mamba", causal=True, row_blocks=False)
 class MambaMixer(SSMMixer):
     """Mamba: selective SSM (input-dependent dt, B, C), causal depthwise conv, SiLU gate."""
 
