@@ -29,16 +29,17 @@ MIN_STD = 1e-8  # a constant channel keeps unit scale instead of dividing by zer
 
 # Activation floats (tokens x d_model) per block of batch rows in a pass through frozen weights
 # (eval mode, `frozen_weights`: every attack), 2 MiB. Each example's logits depend on its own row
-# only, so a batch run block by block gives the same logits and input gradients up to float rounding
-# (a GEMM over fewer rows may take another kernel: bit-identical for every mixer at the digits
-# preset in 32-row blocks, 1e-5 relative at test sizes), while a block's activations stay in cache. Measured (2-core Intel
-# Xeon, torch 2.13 CPU, 2 threads, study runners paused; forward + input gradient, medians of 5
-# rounds in one process; whole batch -> 64-row blocks at digits' L = 64, d_model 128, batch 256):
-# S4 48.0 -> 36.7 ms, S4 + AdS tanh 97.8 -> 76.3, S5 122.9 -> 99.7, Mega 188.4 -> 168.3; at
-# MNIST's L = 784 and batch 64 (blocks of 4-8 rows): Mega 1386 -> 861-886 ms, S5 369 -> 306-321,
-# S4 and DSS + AdS level (0.92x-1.06x). Mamba measured 1.38x slower in blocks (its scan tiles the
-# batch itself) and opts out (`row_blocks` in the mixer registry). Training passes never run in
-# blocks: they would rebuild the kernels per block and sum the weight gradients in another order.
+# only, so a batch run block by block gives the same logits and input gradients up to float
+# rounding (a GEMM over fewer rows may take another kernel: bit-identical for every mixer at the
+# digits preset in 32-row blocks, 1e-5 relative at test sizes), while a block's activations stay
+# in cache. Measured (2-core Intel Xeon, torch 2.13 CPU, 2 threads, study runners paused; forward
+# + input gradient, medians of 5 rounds in one process; whole batch -> 64-row blocks at digits'
+# L = 64, d_model 128, batch 256): S4 48.0 -> 36.7 ms, S4 + AdS tanh 97.8 -> 76.3, S5 122.9 ->
+# 99.7, Mega 188.4 -> 168.3; at MNIST's L = 784 and batch 64 (blocks of 4-8 rows): Mega 1386 ->
+# 861-886 ms, S5 369 -> 306-321, S4 and DSS + AdS level (0.92x-1.06x). Mamba measured 1.38x
+# slower in blocks (its scan tiles the batch itself) and opts out (`row_blocks` in the mixer
+# registry). Training passes never run in blocks: they would rebuild the kernels per block and
+# sum the weight gradients in another order.
 FROZEN_BLOCK_FLOATS = 1 << 19
 
 
