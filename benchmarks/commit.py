@@ -4,7 +4,9 @@ The baseline commit (runner.BASELINE_COMMIT: main before the speed work of issue
 `ssmbench bench --baseline-commit REV`) is checked out into the run's temporary folder (its tree,
 extracted with `git archive`), which goes with the run. Every case runs `benchmarks/commit_worker.py` twice with the same
 arguments, once with PYTHONPATH on this tree and once on the baseline's, so both sides execute the
-same harness around their own `model_zoo` / `ssmbench`. Cases:
+same harness around their own `model_zoo` / `ssmbench`, with the process settings its own `ssmbench`
+command applies at startup (`process_settings` in the worker: the allocator setting of
+ssmbench/allocator.py where the tree has it, so not in the baseline). Cases:
 
 - `epoch`: one PGD-AT epoch (PGD-10, eps 8/255, step 2/255, Adam 1e-3, seed 0) on the 1437 digits
   training images, through each tree's own `pgd` method, at batch 64 and 256, for S4,

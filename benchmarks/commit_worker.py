@@ -225,11 +225,24 @@ def case_gflops(case: dict[str, Any], device: str) -> dict[str, Any]:
 CASES = {"epoch": case_epoch, "fwd_bwd": case_fwd_bwd, "autoattack": case_autoattack, "gflops": case_gflops}
 
 
+def process_settings() -> dict[str, Any]:
+    """What the tree's `ssmbench` command sets in its process before any work, applied here too so
+    that each side runs as its own CLI would: the allocator setting (ssmbench/allocator.py) where
+    the tree has it."""
+    try:
+        from ssmbench.allocator import retain_freed_memory
+    except ImportError:
+        return {"retain_freed_memory": False}
+    return {"retain_freed_memory": retain_freed_memory()}
+
+
 def main() -> None:
     case = json.loads(sys.argv[1])
+    settings = process_settings()
     if case.get("threads"):
         torch.set_num_threads(case["threads"])
     result = CASES[case["kind"]](case, case.get("device", "cpu"))
+    result["info"].update(settings)
     print("RESULT " + json.dumps(result), flush=True)
 
 

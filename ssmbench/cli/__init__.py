@@ -22,6 +22,7 @@ from typer import Abort
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # Typer vendors Click; no public alias
 
 from model_zoo.errors import RunError, UsageError
+from ssmbench.allocator import retain_freed_memory
 
 app = typer.Typer(
     name="ssmbench",
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     (exit 2) like our own UsageError.
     """
     err = Console(stderr=True, highlight=False)
+    retain_freed_memory()  # every command runs passes that allocate and free the same buffers
     try:
         result = app(args=argv, prog_name="ssmbench", standalone_mode=False)
         code = result if isinstance(result, int) else 0
