@@ -21,8 +21,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from model_zoo.training import methods
-
 EPS = 8 / 255
 ALPHA = 2 / 255
 SEED = 0
@@ -85,6 +83,8 @@ def build(arch: str, dataset: str, ads: str, overrides: dict[str, Any], device: 
 def method_context(name: str, optimizer: torch.optim.Optimizer, steps: int, generator: torch.Generator) -> Any:
     """The method's context in either tree's API: a ThreatModel and the method's registered
     parameter dataclass (after issue 10), or the flat fields of the baseline commit."""
+    from model_zoo.training import methods
+
     try:
         from model_zoo.training.settings import ThreatModel
     except ImportError:
@@ -102,6 +102,8 @@ def case_epoch(case: dict[str, Any], device: str) -> dict[str, Any]:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     name = case.get("method", "pgd")
     ctx = method_context(name, optimizer, case.get("steps", 10), torch.Generator(device=device).manual_seed(SEED))
+    from model_zoo.training import methods
+
     method = methods.get_method(name)
     batch = case["batch_size"]
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SEED)).to(device)
@@ -225,6 +227,14 @@ def case_gflops(case: dict[str, Any], device: str) -> dict[str, Any]:
 CASES = {"epoch": case_epoch, "fwd_bwd": case_fwd_bwd, "autoattack": case_autoattack, "gflops": case_gflops}
 
 
+def import_from_the_tree_only() -> None:
+    """Drop the import finders of an editable install of this project (`pip install -e`), before
+    any `model_zoo` / `ssmbench` import. For a module that the PYTHONPATH tree lacks, such a finder
+    imports this checkout's copy instead, so the baseline side would run our code: it did, for
+    ssmbench.allocator (absent in de74342) in the run of benchmarks/results/2026-12-03-allocator."""
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not finder.__module__.startswith("__editable__")]
+
+
 def process_settings() -> dict[str, Any]:
     """What the tree's `ssmbench` command sets in its process before any work, applied here too so
     that each side runs as its own CLI would: the allocator setting (ssmbench/allocator.py) where
@@ -238,6 +248,7 @@ def process_settings() -> dict[str, Any]:
 
 def main() -> None:
     case = json.loads(sys.argv[1])
+    import_from_the_tree_only()
     settings = process_settings()
     if case.get("threads"):
         torch.set_num_threads(case["threads"])

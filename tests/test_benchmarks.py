@@ -194,6 +194,23 @@ def test_a_baseline_commit_that_does_not_exist_is_a_skipped_side_with_the_reason
     assert tree is None and "cannot check out baseline commit no-such-revision" in why
 
 
+def test_the_baseline_side_imports_nothing_from_this_checkout(tmp_path: Path) -> None:
+    """A tree without ssmbench/allocator.py runs without the allocator setting, even though an
+    editable install of this checkout (CI's) could resolve the missing module to ours."""
+    import subprocess
+    import sys
+
+    tree = tmp_path / "tree"
+    for package in ("ssmbench", "model_zoo"):
+        (tree / package).mkdir(parents=True)
+        (tree / package / "__init__.py").write_text("")
+    probe = (f"import runpy; ns = runpy.run_path({str(Path(commit_worker.__file__))!r}); "
+             "ns['import_from_the_tree_only'](); print(ns['process_settings']()['retain_freed_memory'])")
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run([sys.executable, "-P", "-c", probe], cwd=tree, env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False"]
+
+
 def test_the_worker_counts_fft_flops_that_torch_leaves_out() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
