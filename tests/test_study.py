@@ -305,7 +305,8 @@ def test_a_fresh_clone_counts_the_cells_its_committed_leaderboard_holds_as_done(
                  "--no-checks", "--leaderboard", "results.parquet"]) == 0
     recorded = read(config.leaderboard)
     assert len({row.run_id for row in recorded}) == 2
-    shutil.rmtree("runs")  # what a fresh clone has: the leaderboard, no run folders
+    timed = json.loads(Path("runs/s4d-st-none/done.json").read_text())["seconds"]
+    shutil.rmtree("runs")  # what a fresh clone has: the leaderboard and its cost ledger, no run folders
     recorder = Recorder()
     run_study(config, recorder, device="cpu")
     assert recorder.seen("cell_start") == []
@@ -313,7 +314,10 @@ def test_a_fresh_clone_counts_the_cells_its_committed_leaderboard_holds_as_done(
     assert read(config.leaderboard) == recorded
     code, out = dry_run(Path("study.toml"))
     assert code == 0 and "1 done, 0 failed, 0 running, 0 pending" in out
-    assert "1 of them untimed" in out
+    assert "untimed" not in out and f"{timed:.0f}" in out  # the ledger kept the cell's seconds
+    Path("results.cells.json").unlink()
+    code, out = dry_run(Path("study.toml"))
+    assert code == 0 and "1 of them untimed" in out
     table = render_study(config)
     assert "| s4d | ST | 0 | 1 | " in table and "Not finished" not in table
     assert "PGD-10 on 32" in table and "PGD-10 on 8" not in table  # the study's own rows, not the later eval's

@@ -31,7 +31,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_every_finished_cell_commits_the_results_file_and_its_markdown_alone(repo: Path) -> None:
+def test_every_finished_cell_commits_the_results_file_its_markdown_and_the_cost_ledger_alone(repo: Path) -> None:
     config = write_study(repo)
     (repo / "notes.txt").write_text("edited while the study runs\n")
     git(repo, "add", "notes.txt")  # staged, but not the study's to commit
@@ -40,7 +40,7 @@ def test_every_finished_cell_commits_the_results_file_and_its_markdown_alone(rep
     assert [s.split(" (")[0] for s in subjects[:2]] == ["Study rows: tiny, cell s4d-pgd-none", "Study rows: tiny, cell s4d-st-none"]
     assert subjects[2] == "start"
     for commit in ("HEAD", "HEAD~1"):  # results.parquet renders to README.md (ci/check_leaderboard.sh's pairing)
-        assert git(repo, "show", "--name-only", "--format=", commit).split() == ["README.md", "results.parquet"]
+        assert git(repo, "show", "--name-only", "--format=", commit).split() == ["README.md", "results.cells.json", "results.parquet"]
     committed = subprocess.run(["git", "-C", str(repo), "show", "HEAD:results.parquet"], capture_output=True, check=True).stdout
     assert committed == (repo / "results.parquet").read_bytes()
     assert leaderboard.markdown_is_fresh(repo / "results.parquet", repo / "README.md")

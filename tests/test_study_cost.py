@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from ssmbench.study import Cell, load_study, plan
+from model_zoo.errors import UsageError
+from ssmbench.study import Cell, load_study, plan, run_study
 from ssmbench.study.cost import study_cost
+from ssmbench.study.ledger import ledger_path, read_ledger, record_cell, timed_entry
 from ssmbench.study.runner import DONE, FAILED, PENDING, CellStatus
 from tests.test_study import dry_run, write_study
 
@@ -43,3 +46,36 @@ def test_dry_run_shows_each_finished_cells_seconds_and_the_total(tmp_path: Path,
     code, out = dry_run(path)
     assert code == 0
     assert "7200" in out and "Cost: 1 cell done in 2.0 h of runner time; 1 to go: 1 not estimated" in " ".join(out.split())
+
+
+def test_the_ledger_keeps_every_finished_cell_and_refuses_a_foreign_file(tmp_path: Path) -> None:
+    path = ledger_path(tmp_path / "study.parquet")
+    assert path == tmp_path / "study.cells.json" and read_ledger(path) == {}
+    record_cell(path, "s4-pgd-none", {"status": DONE, "run_id": "a", "seconds": 10.0, "rows": 4, "epochs": 2})
+    record_cell(path, "dss-pgd-none", {"run_id": "b", "seconds": 20.0, "rows": 4, "epochs": 2})
+    record_cell(path, "s4-pgd-none", {"run_id": "c", "seconds": 30.0, "rows": 4, "epochs": 2})  # a rerun replaces it
+    assert read_ledger(path) == {"dss-pgd-none": {"run_id": "b", "seconds": 20.0, "rows": 4, "epochs": 2},
+                                 "s4-pgd-none": {"run_id": "c", "seconds": 30.0, "rows": 4, "epochs": 2}}
+    assert timed_entry(path, "s4-pgd-none", "c") is not None
+    assert timed_entry(path, "s4-pgd-none", "a") is None  # the entry of another run's rows does not time these
+    foreign = tmp_path / "other.cells.json"
+    foreign.write_text(json.dumps({"cells": {}}))
+    with pytest.raises(UsageError, match="other.cells.json: not a study cost ledger"):
+        read_ledger(foreign)
+    foreign.write_text("{")
+    with pytest.raises(UsageError, match="other.cells.json: unreadable study cost ledger"):
+        record_cell(foreign, "x", {"run_id": "x", "seconds": 1.0})
+    assert foreign.read_text() == "{"  # refused, never overwritten
+
+
+def test_a_finished_cell_is_timed_from_the_ledger_once_its_run_folder_is_gone(tmp_path: Path) -> None:
+    path = write_study(tmp_path)
+    config = load_study(path)
+    cell = plan(config)[0].cell
+    run_study(config, device="cpu")
+    seconds = json.loads((config.run_dir(cell) / "done.json").read_text())["seconds"]
+    shutil.rmtree(config.out)
+    statuses = plan(config)
+    assert [item.status for item in statuses] == [DONE, DONE]
+    assert statuses[0].seconds == seconds and "timed in its ledger" in statuses[0].message
+    assert study_cost(statuses).untimed_cells == 0

@@ -40,6 +40,7 @@ from ssmbench.study import (
 )
 from ssmbench.study.commit import GitCommitter
 from ssmbench.study.cost import study_cost
+from ssmbench.study.ledger import ledger_path
 
 
 class _RichObserver(StudyObserver):
@@ -204,7 +205,7 @@ def study_command(
     leaderboard: Path = typer.Option(None, "--leaderboard", help=f"Results file the rows are appended to (default: the study file's, else your own, ${HOME_ENV}/results.parquet)."),
     shard: str = typer.Option(None, help="i/k: run only cells i, i+k, ... of the grid (1-based), e.g. 1/2 and 2/2 in two shells."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done, failed, running or pending; run nothing."),
-    commit: bool = typer.Option(False, "--commit", help="git-commit the results file and its re-rendered markdown (those two alone) after every finished cell, so that a long study's rows survive the machine."),
+    commit: bool = typer.Option(False, "--commit", help="git-commit the results file, its re-rendered markdown and the study's cost ledger (those alone) after every finished cell, so that a long study's rows and timings survive the machine."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     data_dir: Path = typer.Option(None, help="Where the dataset files live (default $SSMBENCH_DATA)."),
 ) -> None:
@@ -233,7 +234,7 @@ def study_command(
     if dry_run:
         _print_plan(plan(study, selection), study)
         return
-    committer = GitCommitter.for_file(study.leaderboard) if commit else None
+    committer = GitCommitter.for_file(study.leaderboard, (ledger_path(study.leaderboard),)) if commit else None
     with progress_bar() as progress:
         observer = _RichObserver(progress, study.leaderboard, committer, study.title)
         report = run_study(study, observer, shard=selection, device=device, data_dir=data_dir)

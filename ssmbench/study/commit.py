@@ -10,7 +10,9 @@ never stops the study: the rows are already in the file, and the next cell's com
 The markdown the file renders to (`leaderboard.markdown_for`: NAME.parquet -> NAME.md) is
 re-rendered and committed with it, so that every commit passes ci/check_leaderboard.sh, which
 refuses a results file whose markdown is stale. A markdown file that `publish` did not write (a
-README.md beside a results.parquet that is someone's own page) is never overwritten.
+README.md beside a results.parquet that is someone's own page) is never overwritten. A study also
+commits its cost ledger (NAME.cells.json, ssmbench/study/ledger.py) with them, so that a fresh
+clone knows what each finished cell cost.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ class GitCommitter:
 
     path: Path
     root: Path
+    companions: tuple[Path, ...] = ()  # committed with the results file whenever they exist (a study's cost ledger)
 
     @classmethod
-    def for_file(cls, path: Path) -> GitCommitter:
+    def for_file(cls, path: Path, companions: tuple[Path, ...] = ()) -> GitCommitter:
         """Refuses, before any training, a results file outside a git work tree or a machine without git."""
         folder = path.resolve().parent
         while not folder.is_dir():  # the leaderboard's folder may not exist yet
@@ -48,14 +51,15 @@ class GitCommitter:
             raise UsageError("--commit needs git on PATH; install git or drop --commit") from None
         if found.returncode != 0:
             raise UsageError(f"--commit: {path} is not inside a git work tree; point --leaderboard into one or drop --commit")
-        return cls(path.resolve(), Path(found.stdout.strip()))
+        return cls(path.resolve(), Path(found.stdout.strip()), tuple(companion.resolve() for companion in companions))
 
     def commit(self, message: str) -> str:
-        """Render the markdown, stage and commit the two files alone; returns the new commit's short
-        hash, '' when nothing changed.
+        """Render the markdown, stage and commit those files (and the companions that exist) alone;
+        returns the new commit's short hash, '' when nothing changed.
 
         Raises RuntimeError with git's own first line when every attempt failed."""
-        paths = [str(path.relative_to(self.root)) for path in (self.path, *self._render_markdown())]
+        present = tuple(companion for companion in self.companions if companion.is_file())
+        paths = [str(path.relative_to(self.root)) for path in (self.path, *self._render_markdown(), *present)]
         error = ""
         for attempt in range(ATTEMPTS):
             if attempt:

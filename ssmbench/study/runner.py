@@ -32,6 +32,7 @@ from ssmbench.leaderboard import LeaderboardError, ResultRow, append_or_keep, re
 from ssmbench.records import result_row
 from ssmbench.study.config import StudyConfig
 from ssmbench.study.grid import Cell, Skipped, expand, select
+from ssmbench.study.ledger import ledger_path, record_cell, timed_entry
 
 MARKER, LOCK = "done.json", ".lock"
 DONE, FAILED, PENDING, RUNNING = "done", "failed", "pending", "running"
@@ -96,6 +97,9 @@ def finished_marker(config: StudyConfig, cell: Cell, recorded: dict[Path, str]) 
     run_id = recorded.get(Path(os.path.abspath(run_dir)))
     if run_id is None:
         return None
+    entry = timed_entry(ledger_path(config.leaderboard), cell.name, run_id)
+    if entry is not None:  # timed when it ran: the ledger committed with the rows
+        return {"status": DONE, "cell": cell.name, "message": f"rows in {config.leaderboard}, timed in its ledger", **entry}
     return {"status": DONE, "cell": cell.name, "run_id": run_id,
             "message": f"rows in {config.leaderboard}; its run folder has no done.json (not timed)"}
 
@@ -245,8 +249,10 @@ def _run_locked(
             _write_marker(run_dir, {"status": FAILED, "cell": cell.name, "message": str(exc), "seconds": seconds})
             return CellOutcome(cell, FAILED, str(exc), seconds=seconds)
         seconds = time.perf_counter() - started
-        _write_marker(run_dir, {"status": DONE, "cell": cell.name, "run_id": rows[0].run_id, "rows": len(rows),
-                                "epochs": epochs, "seconds": seconds})
+        marker = {"status": DONE, "cell": cell.name, "run_id": rows[0].run_id, "rows": len(rows), "epochs": epochs,
+                  "seconds": seconds}
+        _write_marker(run_dir, marker)
+        record_cell(ledger_path(config.leaderboard), cell.name, marker)
         return CellOutcome(cell, DONE, rows=tuple(rows), seconds=seconds)
 
 
