@@ -155,7 +155,7 @@ def test_interval_operations_enclose_and_linear_maps_are_exact():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_certified_never_exceeds_attacked_accuracy(name, test_set):
-    """At 8/255 on the first 32 test images (the zoo's AutoAttack examples): every certified
+    """At 8/255 on the zoo entry's AutoAttack examples (the first n test images): every certified
     example survives PGD-10, and the certified count is at most the recorded AutoAttack count."""
     model = ssmbench.load(name)
     entry = get_entry(name)
