@@ -96,14 +96,14 @@ def method_context(name: str, optimizer: torch.optim.Optimizer, steps: int, gene
 def case_epoch(case: dict[str, Any], device: str) -> dict[str, Any]:
     """One PGD-AT epoch (PGD-10, eps 8/255, step 2/255) through the tree's own `pgd` method, on
     the images in `train_file` (digits by default; `dataset` names the model preset)."""
+    from model_zoo.training import methods
+
     images, labels = load_split(case["train_file"], case.get("train_examples"))
     images, labels = images.to(device), labels.to(device)
     model = build(case["arch"], case.get("dataset", "digits"), case["ads"], case.get("model", {}), device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     name = case.get("method", "pgd")
     ctx = method_context(name, optimizer, case.get("steps", 10), torch.Generator(device=device).manual_seed(SEED))
-    from model_zoo.training import methods
-
     method = methods.get_method(name)
     batch = case["batch_size"]
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SEED)).to(device)
