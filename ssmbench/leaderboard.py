@@ -456,6 +456,23 @@ def append(path: str | os.PathLike[str], rows: Sequence[ResultRow]) -> None:
         _write_sealed(path, [*old, *rows])
 
 
+def remove(path: str | os.PathLike[str], unwanted: Callable[[ResultRow], bool]) -> list[ResultRow]:
+    """Rewrite the results file without the rows `unwanted` picks, and return those rows.
+
+    For retiring results that fall below a standard (`ssmbench leaderboard audit --drop`): the
+    file is rewritten atomically under the same lock as `append`, so a concurrent append is
+    neither lost nor raced, and a kill leaves the old file. Git history keeps what was removed.
+    """
+    path = Path(os.path.realpath(path))
+    with files.file_lock(_lock_path(path)):
+        files.remove_stale_temps(path)
+        rows = _to_rows(_read_table(path), path)
+        removed = [row for row in rows if unwanted(row)]
+        if removed:
+            _write_sealed(path, [row for row in rows if not unwanted(row)])
+    return removed
+
+
 def append_or_keep(path: str | os.PathLike[str], rows: Sequence[ResultRow], keep_dir: Path) -> None:
     """Append, or, when the leaderboard cannot take the rows, keep them and say where (RunError).
 

@@ -25,6 +25,7 @@ from ssmbench import leaderboard as lb
 from ssmbench.cli import leaderboard as cli_leaderboard
 from ssmbench.cli import main
 from ssmbench.leaderboard_render import PREAMBLE, robustbench_entries
+from ssmbench.protocol import below_publication_standard
 
 REPO = Path(__file__).resolve().parents[1]
 # Columns that results schema 2 added; a file without them is a version-1 file.
@@ -436,3 +437,41 @@ def test_ci_check_script_skips_without_results_then_checks(tmp_path: Path, resul
     assert stale_study.returncode == 1 and "long-training.md" in stale_study.stderr
     shutil.copy(checkout / "leaderboards" / "README.md", checkout / "leaderboards" / "long-training.md")
     assert run().returncode == 0
+
+
+# -- the publication standard: `ssmbench leaderboard audit` -------------------------------------
+
+
+@pytest.mark.parametrize(("suite", "n", "dataset", "thin"), [
+    ("autoattack", 32, "digits", True),  # the old 5-epoch grid's figure
+    ("autoattack", 199, "digits", True),
+    ("autoattack", 200, "digits", False),
+    ("autoattack", 10, "fashion-mnist", True),
+    ("autoattack", 40, "basicmotions", False),  # the whole test split of a smaller set
+    ("autoattack", 39, "basicmotions", True),
+    ("autoattack", 150, "a-set-of-my-own", True),  # unknown split: the plain minimum
+    ("pgd10", 32, "digits", False),  # the standard is AutoAttack's
+])
+def test_publication_standard(suite: str, n: int, dataset: str, thin: bool) -> None:
+    assert (below_publication_standard(suite, n, dataset) is not None) == thin
+
+
+def test_cli_audit_fails_on_thin_rows_and_drop_removes_only_them(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "results.parquet"
+    kept = [make_row("p", n_examples=32), make_row("a", suite="autoattack", n_examples=360)]
+    lb.append(path, [*kept, make_row("t", suite="autoattack", n_examples=32)])
+    assert main(["leaderboard", "audit", "--leaderboard", str(path)]) == 1
+    out = capsys.readouterr()
+    assert "(t): AutoAttack on 32 examples; a published figure needs at least 200" in out.out
+    assert "1 rows are below the publication standard" in out.err and len(lb.read(path)) == 3  # nothing removed
+    assert main(["leaderboard", "audit", "--leaderboard", str(path), "--drop"]) == 0
+    assert lb.read(path) == kept
+    assert main(["leaderboard", "audit", "--leaderboard", str(path)]) == 0
+    assert "every row meets the publication standard" in capsys.readouterr().out
+
+
+def test_every_committed_leaderboard_meets_the_publication_standard() -> None:
+    committed = sorted((Path(__file__).resolve().parents[1] / "leaderboards").glob("*.parquet"))
+    assert committed
+    for path in committed:
+        assert main(["leaderboard", "audit", "--leaderboard", str(path)]) == 0, path

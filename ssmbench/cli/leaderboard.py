@@ -1,5 +1,5 @@
-"""`ssmbench leaderboard show|publish|export|compare`: the results file as a table, markdown or
-exports, and the paired comparison of two of its results.
+"""`ssmbench leaderboard show|publish|export|compare|audit`: the results file as a table, markdown or
+exports, the paired comparison of two of its results, and the rows too thin to publish.
 
 Every command reads the file that `--leaderboard` names (the user's own by default) and says
 which one it read, so a reader never mistakes their own runs for the published leaderboard.
@@ -20,6 +20,7 @@ from ssmbench import leaderboard
 from ssmbench.cli._common import LEADERBOARD_HELP, console, leaderboard_path
 from ssmbench.compare import SeedComparison, compare, compare_seeds, describe, examples_text, pick, pick_seeds
 from ssmbench.leaderboard_render import FLAG_MARK, SUITES, TableKey, family, format_eps, percent1, row_interval, table_key
+from ssmbench.protocol import below_publication_standard
 from ssmbench.stats import Paired
 
 leaderboard_app = typer.Typer(help="Show, publish and export the results leaderboard.", no_args_is_help=True)
@@ -162,6 +163,38 @@ def publish_command(
 
         written = build_site(leaderboard.read(path), html, history_root)
         console.print(f"wrote the site, {len(written)} files, into {html} (open {html / 'index.html'})", soft_wrap=True)
+
+
+@leaderboard_app.command("audit")
+def audit_command(
+    results: Path | None = LEADERBOARD_OPTION,
+    drop: bool = typer.Option(False, "--drop", help="Remove those rows from the file (atomically; git history keeps them) instead of failing."),
+) -> None:
+    """List the rows below the publication standard (AutoAttack on fewer than 200 examples, or
+    than the whole test split where it is smaller) and exit 1 if there are any; CI runs it on
+    every committed leaderboard. With --drop, rewrite the file without them, then re-publish its
+    markdown.
+
+    Example: ssmbench leaderboard audit --leaderboard leaderboards/results.parquet
+    """
+    path = _results(results, None)
+
+    def reason(row: leaderboard.ResultRow) -> str | None:
+        return below_publication_standard(row.suite, row.n_examples, row.dataset)
+
+    thin = [row for row in leaderboard.read(path) if reason(row)]
+    if not thin:
+        console.print(f"{path}: every row meets the publication standard", soft_wrap=True)
+        return
+    for row in thin:
+        console.print(f"{family(row).label}, {_method(row)}, {row.checkpoint_kind or '-'}, {row.dataset} "
+                      f"({row.run_id}): {reason(row)}", soft_wrap=True)
+    if not drop:
+        raise RunError(f"{path}: {len(thin)} rows are below the publication standard (listed above); remove them with "
+                       f"`ssmbench leaderboard audit --leaderboard {path} --drop` or measure them on more examples")
+    removed = leaderboard.remove(path, lambda row: reason(row) is not None)
+    console.print(f"removed {len(removed)} rows from {path}; now run `ssmbench leaderboard publish --leaderboard {path}`",
+                  soft_wrap=True)
 
 
 @leaderboard_app.command("export")
