@@ -17,6 +17,7 @@ from ssmbench.cli import main
 from ssmbench.data import load_split
 from ssmbench.evaluate import EvalSettings, evaluate
 from ssmbench.leaderboard import append, utc_now
+from ssmbench.protocol import below_publication_standard
 from ssmbench.records import result_row
 
 ENTRIES = sorted(zoo.load_zoo().values(), key=lambda entry: entry.name)
@@ -141,3 +142,9 @@ def test_zoo_add_takes_the_numbers_from_the_leaderboard_and_replaces_an_entry(tr
     other = tmp_path / "other.parquet"
     append(other, [result_row("x", "x", meta, pgd, "f" * 64)])
     assert main(["zoo", "add", str(trained), "--name", "t2", "--from-leaderboard", str(other), "--zoo-file", str(zoo_file)]) == 2
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[entry.name for entry in ENTRIES])
+def test_every_zoo_entry_meets_the_publication_standard(entry: zoo.ZooEntry) -> None:
+    examples = entry.metrics.get("autoattack_examples", 0)
+    assert below_publication_standard("autoattack", int(examples), entry.config["dataset"]) is None, entry.name
