@@ -217,6 +217,29 @@ seeds = [0, 1, 2]
         load_study(write_study(tmp_path, text.replace("seeds = [0, 1, 2]", "seeds = [1, 1]")))
 
 
+def test_a_grid_can_set_its_own_suites(tmp_path: Path) -> None:
+    """AutoAttack on the headline cell only: its rows have both suites, the others the study's
+    pgd10; a cell listed in two grids with different suites is refused; the caption says where."""
+    text = TINY.replace('methods = ["st", "pgd"]', 'methods = ["st"]') + """
+[[grid]]
+models = ["s4d"]
+methods = ["pgd"]
+suites = ["pgd10", "autoattack"]
+"""
+    config = load_study(write_study(tmp_path, text.replace("epochs = 2", "epochs = 1")))
+    cells, _ = expand(config)
+    assert [(c.name, c.suites_in(config)) for c in cells] == [("s4d-st-none", ("pgd10",)), ("s4d-pgd-none", ("pgd10", "autoattack"))]
+    assert "autoattack (standard, official code) on the first 8 test images (in the cells whose grid lists it)" in render_study(config)
+    run_study(config, Recorder(), device="cpu")
+    suites = {(row.arch, row.method, row.suite) for row in read(config.leaderboard)}
+    assert suites == {("s4d", "st", "pgd10"), ("s4d", "pgd", "pgd10"), ("s4d", "pgd", "autoattack")}
+    twice = text + '\n[[grid]]\nmodels = ["s4d"]\nmethods = ["pgd"]\n'
+    with pytest.raises(UsageError, match="cell s4d-pgd-none is in two grids with different suites"):
+        expand(load_study(write_study(tmp_path, twice)))
+    with pytest.raises(UsageError, match="unknown attack suite 'squares'"):
+        load_study(write_study(tmp_path, text.replace('suites = ["pgd10", "autoattack"]', 'suites = ["squares"]')))
+
+
 def test_an_l2_study_trains_and_evaluates_in_l2(tmp_path: Path) -> None:
     """norm = "l2" in [study] reaches training (the checkpoint says L2) and every evaluation (rows say L2)."""
     text = TINY.replace("epochs = 2", 'epochs = 1\nnorm = "l2"\neps = 0.5').replace('methods = ["st", "pgd"]', 'methods = ["pgd"]')

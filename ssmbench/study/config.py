@@ -37,7 +37,9 @@ class Grid:
     """One cartesian product of cells: every model x method x AdS x attention x seed.
 
     seeds: this grid's seeds; empty = the study's. A protocol can then train its headline cells
-    with three seeds and the rest of the grid with one, in one file.
+    with three seeds and the rest of the grid with one, in one file. suites: this grid's attack
+    suites; empty = the study's. AutoAttack at L = 784 costs ~3000 CPU s per robust checkpoint on
+    200 images, so a study on a CPU can afford it on its headline cells only.
     """
 
     models: tuple[str, ...]
@@ -45,6 +47,7 @@ class Grid:
     ads: tuple[str, ...] = ("none",)
     attention: tuple[bool, ...] = (False,)
     seeds: tuple[int, ...] = ()
+    suites: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = (("models", self.models, list_models()), ("methods", self.methods, list_methods()),
@@ -57,6 +60,8 @@ class Grid:
             raise UsageError(f"grid attention must list true and/or false, got {list(self.attention)}")
         if self.seeds:
             check_seeds("grid seeds", self.seeds)
+        for suite in self.suites:
+            get_suite_spec(suite)
 
 
 def check_seeds(option: str, seeds: tuple[int, ...]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from model_zoo import make_config
 from model_zoo.errors import UsageError, ZooError
@@ -22,6 +22,11 @@ class Cell:
     ads: str
     attention: bool
     seed: int = 0
+    suites: tuple[str, ...] = field(default=(), compare=False)  # its grid's; empty = the study's
+
+    def suites_in(self, config: StudyConfig) -> tuple[str, ...]:
+        """The attack suites this cell is evaluated with."""
+        return self.suites or config.suites
 
     @property
     def name(self) -> str:
@@ -42,13 +47,18 @@ class Skipped:
 
 def expand(config: StudyConfig) -> tuple[list[Cell], list[Skipped]]:
     """The union of the grids' products (each combination once per seed: the grid's seeds, else
-    the study's) in first-seen order, and the combinations the zoo refuses."""
-    seen: dict[Cell, None] = {}
+    the study's) in first-seen order, and the combinations the zoo refuses. A combination in two
+    grids that set different suites is refused: which of them it runs would be an accident."""
+    seen: dict[Cell, Cell] = {}
     for grid in config.grids:
         for arch, method, ads, attention, seed in itertools.product(
             grid.models, grid.methods, grid.ads, grid.attention, grid.seeds or config.seeds
         ):
-            seen.setdefault(Cell(arch, method, ads, attention, seed))
+            cell = Cell(arch, method, ads, attention, seed, grid.suites)
+            first = seen.setdefault(cell, cell)  # Cell equality ignores suites: this is the grid that listed it first
+            if first.suites != cell.suites:
+                raise UsageError(f"cell {cell.name} is in two grids with different suites "
+                                 f"({list(first.suites_in(config))} and {list(cell.suites_in(config))}); list it once")
     cells, skipped = [], []
     for cell in seen:
         try:

@@ -41,11 +41,13 @@ def caption(config: StudyConfig) -> str:
     model = f"the {config.dataset} preset" + _overrides_text(config.model)
     selection_set = f"{train.val_examples} held-out training images (not trained on)" if train.val_examples else eval_set
     suites = []
-    for suite in config.suites:
+    for suite in dict.fromkeys([*config.suites, *(name for grid in config.grids for name in grid.suites)]):
         if get_suite_spec(suite).uses_autoattack:
             suites.append(f"{suite} ({config.aa_version}, {config.backend} code) on the first {config.aa_examples} test images")
         else:
             suites.append(f"{suite} on {eval_set}")
+        if any(suite not in (grid.suites or config.suites) for grid in config.grids):
+            suites[-1] += " (in the cells whose grid lists it)"
     return (
         f"Trained {_count(train.epochs or 0, 'epoch')} (FreeAT {_count(freeat.effective_epochs, 'epoch')} x {replays} replays) on {train_set}, "
         f"batch {train.batch_size}, {train.optim.optimizer} lr {train.optim.lr:g} ({train.optim.schedule}), weight decay {train.optim.weight_decay:g}, "

@@ -304,7 +304,7 @@ def _evaluate(
     sha256, weights = file_sha256(path), read_meta(path)[1]["tensors_sha256"]
     images, labels = test
     results = []
-    for suite in config.suites:
+    for suite in cell.suites_in(config):
         n = config.examples(suite, len(images))
 
         def progress(done: int, total: int, attack: str, suite: str = suite) -> None:
@@ -328,7 +328,7 @@ def _evaluate(
 
 def _run_id(config: StudyConfig, cell: Cell, hashes: list[str]) -> str:
     """Stable for one cell's checkpoints and evaluation settings, so a rerun never records twice."""
-    key = json.dumps({"cell": cell.name, "checkpoints": hashes, "suites": config.suites, "eps": config.train.threat.eps,
+    key = json.dumps({"cell": cell.name, "checkpoints": hashes, "suites": cell.suites_in(config), "eps": config.train.threat.eps,
                       "eval": config.train.eval_examples, "aa": config.aa_examples, "backend": config.backend,
                       "version": config.aa_version, "seed": cell.seed}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
