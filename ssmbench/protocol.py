@@ -20,8 +20,9 @@ PUBLISHED_AUTOATTACK_MIN = 200  # issue 13: below this an AutoAttack figure is t
 def below_publication_standard(suite: str, n_examples: int, dataset: str) -> str | None:
     """Why a result is too thin to stand on a published leaderboard, or None when it is not.
 
-    With 32 images one image is 3.1 points and a 95% interval is 6-17 points wide, so two models a
-    few points apart cannot be told apart; 200 images bring that to ~4-9 points. A data set whose
+    With 32 images one image is 3.1 points and a 95% Wilson interval is 15-33 points wide (at 97%
+    and 50% accuracy), so two models a few points apart cannot be told apart; 200 images bring that
+    to 5-14 points. A data set whose
     whole test split is smaller (BasicMotions has 40 series) meets the standard with all of it.
     """
     if suite not in SUITES or not SUITES.get(suite).uses_autoattack:  # a row's own attack (e.g. square) has no standard
