@@ -238,6 +238,9 @@ suites = ["pgd10", "autoattack"]
         expand(load_study(write_study(tmp_path, twice)))
     with pytest.raises(UsageError, match="unknown attack suite 'squares'"):
         load_study(write_study(tmp_path, text.replace('suites = ["pgd10", "autoattack"]', 'suites = ["squares"]')))
+    for key in ("suites", "seeds"):  # an empty list is refused rather than read as "the study's"
+        with pytest.raises(UsageError, match=re.escape(f"[[grid]] {key} = [] lists nothing; leave {key} out")):
+            load_study(write_study(tmp_path, text.replace('suites = ["pgd10", "autoattack"]', f"{key} = []")))
 
 
 def test_an_l2_study_trains_and_evaluates_in_l2(tmp_path: Path) -> None:

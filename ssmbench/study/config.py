@@ -36,9 +36,9 @@ _FIXED_MODEL_FIELDS = {"arch", "dataset", "ads", "attention", "channels", "heigh
 class Grid:
     """One cartesian product of cells: every model x method x AdS x attention x seed.
 
-    seeds: this grid's seeds; empty = the study's. A protocol can then train its headline cells
+    seeds: this grid's seeds; left out = the study's (an empty list is refused). A protocol can then train its headline cells
     with three seeds and the rest of the grid with one, in one file. suites: this grid's attack
-    suites; empty = the study's. AutoAttack at L = 784 costs ~3000 CPU s per robust checkpoint on
+    suites; left out = the study's. AutoAttack at L = 784 costs ~3000 CPU s per robust checkpoint on
     200 images, so a study on a CPU can afford it on its headline cells only.
     """
 
@@ -238,6 +238,9 @@ def _parse(document: dict[str, Any]) -> StudyConfig:
         not_lists = sorted(key for key, values in table.items() if not isinstance(values, list))
         if not_lists:
             raise UsageError(f"[[grid]] values must be lists, e.g. models = [\"s4\"]; not {', '.join(not_lists)}")
+        empty = sorted(key for key in ("seeds", "suites") if table.get(key) == [])
+        if empty:  # an empty list would silently mean "the study's": say so instead of guessing
+            raise UsageError(f"[[grid]] {empty[0]} = [] lists nothing; leave {empty[0]} out to use the study's, or list at least one")
         grids.append(Grid(**{key: tuple(values) for key, values in table.items()}))
     train = {key: settings.pop(key) for key in list(settings) if key in TRAIN_KEYS}
     try:

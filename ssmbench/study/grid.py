@@ -22,7 +22,7 @@ class Cell:
     ads: str
     attention: bool
     seed: int = 0
-    suites: tuple[str, ...] = field(default=(), compare=False)  # its grid's; empty = the study's
+    suites: tuple[str, ...] = field(default=(), compare=False)  # its grid's; () = the study's (the grid left it out)
 
     def suites_in(self, config: StudyConfig) -> tuple[str, ...]:
         """The attack suites this cell is evaluated with."""
