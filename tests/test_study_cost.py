@@ -36,6 +36,16 @@ def test_pending_cells_are_estimated_by_the_median_of_their_kind_only() -> None:
                                "2 not estimated (no finished cell of their kind yet)")
 
 
+def test_a_cell_with_autoattack_does_not_estimate_its_pgd10_only_seeds() -> None:
+    """A grid's own suites make another kind: the headline seed with AutoAttack (hours at L = 784)
+    must not price the same model's PGD-10-only seeds."""
+    with_aa = Cell("s4", "pgd", "none", False, seed=0, suites=("pgd10", "autoattack"))
+    statuses = [done(with_aa, 3000.0), CellStatus(Cell("s4", "pgd", "none", False, seed=1, suites=("pgd10",)), PENDING),
+                CellStatus(Cell("s4", "pgd", "none", False, seed=2, suites=("pgd10", "autoattack")), PENDING)]
+    cost = study_cost(statuses)
+    assert (cost.estimated_cells, cost.estimated_seconds, cost.unestimated_cells) == (1, 3000.0, 1)
+
+
 def test_dry_run_shows_each_finished_cells_seconds_and_the_total(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_study(tmp_path)
     config = load_study(path)

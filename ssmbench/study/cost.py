@@ -3,8 +3,8 @@
 A multi-hour study is planned and reported by its measured cost, not a guess: every finished cell's
 done.json holds its wall seconds in the process that ran it (one thread per process is the
 documented way to run a study on a CPU, so that is also its CPU time). A pending cell is estimated
-by the median of the finished cells of the same kind (architecture, method, AdS, attention), which
-differ only by seed; a kind with no finished cell yet is counted as not estimated rather than
+by the median of the finished cells of the same kind (architecture, method, AdS, attention and the
+attack suites its grid runs), which differ only by seed; a kind with no finished cell yet is counted as not estimated rather than
 extrapolated from another architecture, whose cost can differ by 5x (Mamba against S4).
 """
 
@@ -44,14 +44,19 @@ class StudyCost:
         return text
 
 
-def kind(cell: Cell) -> tuple[str, str, str, bool]:
-    """A cell without its seed: cells of one kind cost the same up to training noise."""
-    return cell.arch, cell.method, cell.ads, cell.attention
+Kind = tuple[str, str, str, bool, tuple[str, ...]]
+
+
+def kind(cell: Cell) -> Kind:
+    """A cell without its seed: cells of one kind cost the same up to training noise. The suites
+    are part of it because AutoAttack can cost ten times the rest of a cell (a seed-0 headline cell
+    with AutoAttack says nothing about its PGD-10-only seeds 1 and 2)."""
+    return cell.arch, cell.method, cell.ads, cell.attention, cell.suites
 
 
 def study_cost(statuses: Sequence[CellStatus]) -> StudyCost:
     """Finished cells' measured seconds, and the pending (or running, failed) cells' median-of-kind estimate."""
-    measured: dict[tuple[str, str, str, bool], list[float]] = {}
+    measured: dict[Kind, list[float]] = {}
     for item in statuses:
         if item.status == DONE and item.seconds is not None:
             measured.setdefault(kind(item.cell), []).append(item.seconds)
