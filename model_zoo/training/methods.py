@@ -83,14 +83,15 @@ class MartParams(MethodParams):
 
 @dataclass(frozen=True)
 class FreeATParams(MethodParams):
-    """FreeAT: m replays per batch; by default a run trains epochs/m epochs (PGD-AT's cost)."""
+    """FreeAT: m replays per batch; by default a run trains epochs/m epochs, so it makes as many
+    forward/backward passes as standard training (about 1/11 of PGD-10-AT's)."""
 
     m: int = field(default=4, metadata={"help": "FreeAT replays per batch."})
-    full_epochs: bool = field(default=False, metadata={"help": "FreeAT: run all epochs (the paper) instead of epochs/m (PGD-AT's cost)."})
+    full_epochs: bool = field(default=False, metadata={"help": "FreeAT: run all epochs (the paper) instead of epochs/m (standard training's pass count)."})
 
     def effective_epochs(self, epochs: int) -> int:
-        """FreeAT replays each batch m times, so by default it runs epochs/m (rounded up) to cost
-        what PGD-AT costs; full_epochs runs them all (the paper)."""
+        """FreeAT replays each batch m times, so by default it runs epochs/m (rounded up) to make
+        the forward/backward passes of standard training; full_epochs runs them all (the paper)."""
         return epochs if self.full_epochs else max(1, math.ceil(epochs / self.m))
 
 
